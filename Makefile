@@ -1,0 +1,46 @@
+# The README's commands. `make demo` sets everything up and runs the main job; `make test` sets
+# everything up and runs the tests (this is what .ci/run calls). Both work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch is pinned: 2.13.0 is the CPU build on this machine's disk. An unpinned torch would pull a
+# multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.rtda-installed
+
+.PHONY: setup demo test test-python check-cuda bench bench-smoke clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Installs torch first, then the build tools, then this package without build isolation
+# (an isolated build would fetch its own CUDA torch). Re-runs when the build inputs change.
+$(STAMP): $(PY) pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/include/rtda/*.h)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH)" numpy
+	$(PIP) install --quiet "scikit-build-core>=0.10" "cmake>=3.21" ninja triton \
+		"pytest>=8" "hypothesis>=6" "pytest-benchmark>=4"
+	$(PIP) install --quiet --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Until the training loop exists: the kernel benchmarks' quick summary.
+demo: setup
+	$(PY) -m bench.summary
+
+test: setup test-python check-cuda
+
+test-python: setup
+	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q bench --benchmark-disable
+
+check-cuda: setup
+	PYTHON=$(PY) bash scripts/check_cuda.sh
+
+bench: setup
+	$(PY) -m pytest bench --benchmark-only
+
+clean:
+	rm -rf build $(VENV) .pytest_cache .benchmarks

@@ -1,0 +1,113 @@
+// CPU kernels of the fused depthwise-separable conv + LeakyReLU (rtda_kernels::dwsep_conv2d).
+//
+// Forward works on tiles of output rows of one image: the depthwise output of the tile (all input
+// channels) is computed into a small buffer that stays in cache, multiplied by the pointwise
+// weights with one GEMM, and bias + activation are applied while writing y. The full depthwise
+// output never exists in memory.
+//
+// Backward works on bands of output rows. Each band recomputes its depthwise tile, forms
+// dL/dz from dL/dy and the sign of y, gets dL/dd with one GEMM and accumulates the weight gradients
+// into per-thread buffers (summed in a fixed order at the end). dL/dx is *gathered* for the input
+// rows the band owns, so bands never write the same memory: a band also computes dL/dd for the
+// few halo rows above it whose windows reach into its input rows.
+//
+// All arithmetic happens in at::opmath_type<scalar_t> (float for float/half/bfloat16, double for
+// double). Rows are de-interleaved into `stride` zero-padded phases so that every inner loop
+// reads contiguous memory and vectorises; border columns use the point functions shared with the
+// CUDA kernels (csrc/include/rtda/dwsep_math.h).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "dwsep_conv2d_tiles.h"
+#include "rtda/checks.h"
+
+namespace rtda::cpu {
+namespace {
+
+template <typename scalar_t>
+void forward_kernel(const Geometry& g, const at::Tensor& x, const at::Tensor& dw_weight,
+                    const std::optional<at::Tensor>& dw_bias, const at::Tensor& pw_weight,
+                    const std::optional<at::Tensor>& pw_bias, Activation act, at::Tensor& y) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+  const Params<acc_t> prm(dw_weight, dw_bias, pw_weight, acc_type);
+  const at::Tensor pw_b = pw_bias.has_value()
+                              ? pw_bias->to(acc_type).contiguous()
+                              : at::zeros({g.out_channels}, x.options().dtype(acc_type));
+  const int64_t rows = rows_per_tile(g, 1);
+  const int64_t tiles = (g.out_height + rows - 1) / rows;
+  const int64_t plane_out = g.out_height * g.out_width;
+  const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
+  scalar_t* y_ptr = y.mutable_data_ptr<scalar_t>();
+
+  at::parallel_for(0, g.batch * tiles, 1, [&](int64_t begin, int64_t end) {
+    const auto opts = x.options().dtype(acc_type);
+    at::Tensor d_buf = at::empty({g.in_channels * rows * g.out_width}, opts);
+    at::Tensor z_buf = at::empty({g.out_channels * rows * g.out_width}, opts);
+    RowPhases<acc_t> phases(g);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / tiles;
+      const int64_t oh0 = (task % tiles) * rows;
+      const int64_t oh1 = std::min(g.out_height, oh0 + rows);
+      const int64_t pixels = (oh1 - oh0) * g.out_width;
+      at::Tensor d = d_buf.narrow(0, 0, g.in_channels * pixels).view({g.in_channels, pixels});
+      at::Tensor z = z_buf.narrow(0, 0, g.out_channels * pixels).view({g.out_channels, pixels});
+      depthwise_rows<scalar_t, acc_t>(g, x_ptr + n * g.in_channels * g.height * g.width,
+                                      prm.dw.template const_data_ptr<acc_t>(),
+                                      prm.dw_bias.template const_data_ptr<acc_t>(), oh0, oh1,
+                                      d.template mutable_data_ptr<acc_t>(), pixels, phases);
+      at::mm_out(z, prm.pw, d);
+      const acc_t* zp = z.template const_data_ptr<acc_t>();
+      const acc_t* bp = pw_b.template const_data_ptr<acc_t>();
+      for (int64_t o = 0; o < g.out_channels; ++o) {
+        scalar_t* yrow = y_ptr + (n * g.out_channels + o) * plane_out + oh0 * g.out_width;
+        const acc_t* zrow = zp + o * pixels;
+        const acc_t b = bp[o];
+        for (int64_t t = 0; t < pixels; ++t) yrow[t] = static_cast<scalar_t>(act.apply(zrow[t] + b));
+      }
+    }
+  });
+}
+
+at::Tensor dwsep_conv2d_cpu(const at::Tensor& x_in, const at::Tensor& dw_weight,
+                            const std::optional<at::Tensor>& dw_bias, const at::Tensor& pw_weight,
+                            const std::optional<at::Tensor>& pw_bias, int64_t stride,
+                            int64_t padding, std::optional<double> negative_slope) {
+  check_dwsep_args(x_in, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding);
+  const at::Tensor x = x_in.contiguous();
+  const Geometry g = geometry_of(x, dw_weight, pw_weight, stride, padding);
+  at::Tensor y = at::empty({g.batch, g.out_channels, g.out_height, g.out_width}, x.options());
+  const Activation act = activation_of(negative_slope);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dwsep_conv2d_cpu",
+                                  [&] {
+                                    forward_kernel<scalar_t>(g, x, dw_weight, dw_bias, pw_weight,
+                                                             pw_bias, act, y);
+                                  });
+  return y;
+}
+
+}  // namespace
+
+// Defined in dwsep_conv2d_backward_cpu.cpp.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwsep_conv2d_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& y, const at::Tensor& dw_weight,
+    const std::optional<at::Tensor>& dw_bias, const at::Tensor& pw_weight, int64_t stride,
+    int64_t padding, std::optional<double> negative_slope);
+
+TORCH_LIBRARY_IMPL(rtda_kernels, CPU, m) {
+  m.impl("dwsep_conv2d", &dwsep_conv2d_cpu);
+  m.impl("dwsep_conv2d_backward", &dwsep_conv2d_backward_cpu);
+}
+
+}  // namespace rtda::cpu

@@ -1,0 +1,24 @@
+"""rtda_kernels: fused kernels for real-time domain adaptation, registered as torch.library ops.
+
+    import rtda_kernels
+    y = rtda_kernels.dwsep_conv2d(x, dw_w, dw_b, pw_w, pw_b, stride=2, padding=1, negative_slope=0.2)
+
+Backends: ``reference`` (plain PyTorch), ``cpu`` (C++), ``triton`` and ``cuda``; see
+``available_backends()`` and ``use_backend()``.
+"""
+
+from rtda_kernels import _extension  # noqa: F401  (loads the compiled ops first)
+from rtda_kernels import nn, reference
+from rtda_kernels.backends import BACKENDS, available_backends, select_backend, use_backend
+from rtda_kernels.functional import dwsep_conv2d
+
+__all__ = [
+    "BACKENDS",
+    "available_backends",
+    "dwsep_conv2d",
+    "nn",
+    "reference",
+    "select_backend",
+    "use_backend",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""Drop-in modules built on the fused ops, with the state_dict of the modules they replace."""
+
+from rtda_kernels.nn.dwsep_conv2d import DepthwiseSeparableConv2d, fuse_modules
+
+__all__ = ["DepthwiseSeparableConv2d", "fuse_modules"]
