@@ -11,12 +11,12 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 
 #include <tuple>
 
 #include "dwsep_conv2d_tiles.h"
+#include "small_gemm.h"
 #include "rtda/checks.h"
 
 namespace rtda::cpu {
@@ -35,37 +35,41 @@ struct WeightGrads {
 // dL/dx of input row h of one channel, gathered from dL/dd rows [row0, row1) (grad points at
 // row0). Each column phase r (w = m*s + r - p) is a sum of shifted dL/dd rows: contiguous loops
 // for the interior, the shared point function at the borders.
-template <typename acc_t>
+template <typename acc_t, typename scalar_t>
 void input_grad_row(const Geometry& g, const acc_t* grad, int64_t row0, int64_t row1,
-                    const acc_t* wc, int64_t h, acc_t* row_out, std::vector<acc_t>& phase) {
+                    const acc_t* wc, int64_t h, scalar_t* row_out, acc_t* __restrict__ phase) {
   const int64_t s = g.stride, k = g.kernel, p = g.padding, wo = g.out_width;
   const int64_t oh_first = std::max(row0, first_output_covering(h, k, s, p));
   const int64_t oh_last = std::min(row1 - 1, last_output_covering(h, s, p));
   for (int64_t r = 0; r < s; ++r) {
     // Columns of this phase inside the row: m in [m_begin, m_end).
-    const int64_t m_begin = (p - r + s - 1 >= 0) ? (p - r + s - 1) / s : 0;
+    const int64_t m_begin = (p - r + s - 1) / s;
     const int64_t m_end = (g.width - 1 + p - r) >= 0 ? (g.width - 1 + p - r) / s + 1 : 0;
     if (m_begin >= m_end) continue;
     // Taps j = r + q*s; interior columns are those where every m - q is a valid output column.
     const int64_t taps = r < k ? (k - 1 - r) / s + 1 : 0;
     const int64_t in_lo = std::min(std::max(m_begin, taps - 1), m_end);
     const int64_t in_hi = std::max(in_lo, std::min(m_end, wo));
-    std::fill(phase.begin(), phase.end(), acc_t(0));
+    const int64_t count = in_hi - in_lo;
+    std::fill(phase, phase + count, acc_t(0));
     for (int64_t oh = oh_first; oh <= oh_last && taps > 0; ++oh) {
       const int64_t i = h - input_coord(oh, 0, s, p);
-      const acc_t* grow = grad + (oh - row0) * wo;
+      const acc_t* grow = grad + (oh - row0) * wo + in_lo;
       for (int64_t q = 0; q < taps; ++q) {
         const acc_t wv = wc[i * k + r + q * s];
-        const acc_t* src = grow - q;
-        for (int64_t m = in_lo; m < in_hi; ++m) phase[m] += wv * src[m];
+        const acc_t* __restrict__ src = grow - q;
+        for (int64_t t = 0; t < count; ++t) phase[t] += wv * src[t];
       }
     }
-    for (int64_t m = m_begin; m < m_end; ++m) {
+    const auto point = [&](int64_t m) {
       const int64_t w = m * s + r - p;
-      row_out[w] = (m >= in_lo && m < in_hi)
-                       ? phase[m]
-                       : depthwise_input_grad_point<acc_t>(grad, wc, row0, row1, wo, k, s, p, h, w);
-    }
+      row_out[w] = static_cast<scalar_t>(
+          depthwise_input_grad_point<acc_t>(grad, wc, row0, row1, wo, k, s, p, h, w));
+    };
+    for (int64_t m = m_begin; m < in_lo; ++m) point(m);
+    scalar_t* out = row_out + (in_lo * s + r - p);
+    for (int64_t t = 0; t < count; ++t) out[t * s] = static_cast<scalar_t>(phase[t]);
+    for (int64_t m = in_hi; m < m_end; ++m) point(m);
   }
 }
 
@@ -78,7 +82,7 @@ void backward_kernel(const Geometry& g, const Activation act, const at::Tensor& 
   const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
   const auto opts = x.options().dtype(acc_type);
   const Params<acc_t> prm(dw_weight, dw_bias, pw_weight, acc_type);
-  const at::Tensor pw_t = prm.pw.t();
+  const at::Tensor pw_t = prm.pw.t().contiguous();  // C_in x C_out
   const int64_t halo = (g.kernel - 1) / g.stride;
   const int64_t rows = rows_per_tile(g, std::max<int64_t>(1, 2 * halo));
   const int64_t bands = (g.out_height + rows - 1) / rows;
@@ -98,11 +102,12 @@ void backward_kernel(const Geometry& g, const Activation act, const at::Tensor& 
   at::parallel_for(0, g.batch * bands, 1, [&](int64_t begin, int64_t end) {
     WeightGrads& acc = partial[at::get_thread_num()];
     const int64_t cap = (rows + halo) * g.out_width;
-    at::Tensor gz_buf = at::empty({g.out_channels * cap}, opts);
-    at::Tensor gd_buf = at::empty({g.in_channels * cap}, opts);
-    at::Tensor d_buf = at::empty({g.in_channels * rows * g.out_width}, opts);
-    std::vector<acc_t> phase_buf(g.out_width + g.kernel + 1), row_buf(g.width);
-    RowPhases<acc_t> phases(g);
+    std::vector<acc_t> gz_buf(g.out_channels * cap), gd_buf(g.in_channels * cap);
+    std::vector<acc_t> d_buf(g.in_channels * rows * g.out_width);
+    std::vector<acc_t> phase_buf(g.out_width + 1);
+    PlanePhases<acc_t> phases(g, rows);
+    const TypedLeakyReLU<acc_t> a = act.as<acc_t>();  // hoisted: the loops below vectorise
+    acc_t* gpw = acc.pw.template mutable_data_ptr<acc_t>();
     acc_t* gdw = acc.dw.template mutable_data_ptr<acc_t>();
     acc_t* gdw_b = acc.dw_bias.template mutable_data_ptr<acc_t>();
     acc_t* gpw_b = acc.pw_bias.template mutable_data_ptr<acc_t>();
@@ -113,50 +118,52 @@ void backward_kernel(const Geometry& g, const Activation act, const at::Tensor& 
       const int64_t h0 = std::max<int64_t>(0, r0 - halo);
       const int64_t all = (r1 - h0) * g.out_width, own = (r1 - r0) * g.out_width;
       const int64_t own_off = (r0 - h0) * g.out_width;
-      at::Tensor gz = gz_buf.narrow(0, 0, g.out_channels * all).view({g.out_channels, all});
-      at::Tensor gd = gd_buf.narrow(0, 0, g.in_channels * all).view({g.in_channels, all});
-      at::Tensor d = d_buf.narrow(0, 0, g.in_channels * own).view({g.in_channels, own});
-
       // dL/dz from dL/dy and the sign of y; dL/dd = W_pw^T dL/dz.
-      acc_t* gzp = gz.template mutable_data_ptr<acc_t>();
+      acc_t* gzp = gz_buf.data();
       for (int64_t o = 0; o < g.out_channels; ++o) {
         const int64_t off = (n * g.out_channels + o) * plane_out + h0 * g.out_width;
+        const scalar_t* __restrict__ gy_row = gy_ptr + off;
+        const scalar_t* __restrict__ y_row = y_ptr + off;
+        acc_t* __restrict__ gz_row = gzp + o * all;
         for (int64_t t = 0; t < all; ++t) {
-          gzp[o * all + t] = act.grad_from_output(static_cast<acc_t>(gy_ptr[off + t]),
-                                                  static_cast<acc_t>(y_ptr[off + t]));
+          gz_row[t] = a.grad_from_output(static_cast<acc_t>(gy_row[t]), static_cast<acc_t>(y_row[t]));
         }
       }
-      at::mm_out(gd, pw_t, gz);
+      acc_t* gdp = gd_buf.data();
+      gemm_nn<acc_t>(g.in_channels, all, g.out_channels, pw_t.template const_data_ptr<acc_t>(),
+                     g.out_channels, gzp, all, gdp, all);
 
       // Pointwise gradients over the owned rows, with the depthwise tile recomputed.
       const scalar_t* x_image = x_ptr + n * g.in_channels * plane_in;
       depthwise_rows<scalar_t, acc_t>(g, x_image, dw, prm.dw_bias.template const_data_ptr<acc_t>(),
-                                      r0, r1, d.template mutable_data_ptr<acc_t>(), own, phases);
-      const at::Tensor gz_own = gz.narrow(1, own_off, own);
-      acc.pw.addmm_(gz_own, d.t());
+                                      r0, r1, d_buf.data(), own, phases);
+      gemm_nt_acc<acc_t>(g.out_channels, g.in_channels, own, gzp + own_off, all, d_buf.data(), own,
+                         gpw, g.in_channels);
       for (int64_t o = 0; o < g.out_channels; ++o) {
         acc_t sum = 0;
+        RTDA_SIMD_SUM(sum)
         for (int64_t t = 0; t < own; ++t) sum += gzp[o * all + own_off + t];
         gpw_b[o] += sum;
       }
 
       // Depthwise gradients over the owned rows: dL/dd against the shifted input rows.
-      const acc_t* gdp = gd.template const_data_ptr<acc_t>();
       for (int64_t c = 0; c < g.in_channels; ++c) {
         const scalar_t* plane = x_image + c * plane_in;
         const acc_t* gdc = gdp + c * all;
         acc_t bias_sum = 0;
+        RTDA_SIMD_SUM(bias_sum)
         for (int64_t t = own_off; t < all; ++t) bias_sum += gdc[t];
         gdw_b[c] += bias_sum;
+        phases.load(plane, r0, r1);
         for (int64_t oh = r0; oh < r1; ++oh) {
           const acc_t* grow = gdc + (oh - h0) * g.out_width;
           for (int64_t i = 0; i < g.kernel; ++i) {
             const int64_t h = input_coord(oh, i, g.stride, g.padding);
             if (h < 0 || h >= g.height) continue;
-            phases.load(plane + h * g.width);
             for (int64_t j = 0; j < g.kernel; ++j) {
-              const acc_t* src = phases.tap(j);
+              const acc_t* src = phases.tap(h, j);
               acc_t dot = 0;
+              RTDA_SIMD_SUM(dot)
               for (int64_t ow = 0; ow < g.out_width; ++ow) dot += grow[ow] * src[ow];
               gdw[c * kk + i * g.kernel + j] += dot;
             }
@@ -170,9 +177,8 @@ void backward_kernel(const Geometry& g, const Activation act, const at::Tensor& 
       for (int64_t c = 0; c < g.in_channels; ++c) {
         scalar_t* gx_plane = gx_ptr + (n * g.in_channels + c) * plane_in;
         for (int64_t h = std::max<int64_t>(0, in0); h < in1; ++h) {
-          std::fill(row_buf.begin(), row_buf.end(), acc_t(0));
-          input_grad_row<acc_t>(g, gdp + c * all, h0, r1, dw + c * kk, h, row_buf.data(), phase_buf);
-          for (int64_t w = 0; w < g.width; ++w) gx_plane[h * g.width + w] = static_cast<scalar_t>(row_buf[w]);
+          input_grad_row<acc_t, scalar_t>(g, gdp + c * all, h0, r1, dw + c * kk, h,
+                                          gx_plane + h * g.width, phase_buf.data());
         }
       }
     }

@@ -20,7 +20,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -30,6 +29,7 @@
 #include <vector>
 
 #include "dwsep_conv2d_tiles.h"
+#include "small_gemm.h"
 #include "rtda/checks.h"
 
 namespace rtda::cpu {
@@ -52,29 +52,29 @@ void forward_kernel(const Geometry& g, const at::Tensor& x, const at::Tensor& dw
   scalar_t* y_ptr = y.mutable_data_ptr<scalar_t>();
 
   at::parallel_for(0, g.batch * tiles, 1, [&](int64_t begin, int64_t end) {
-    const auto opts = x.options().dtype(acc_type);
-    at::Tensor d_buf = at::empty({g.in_channels * rows * g.out_width}, opts);
-    at::Tensor z_buf = at::empty({g.out_channels * rows * g.out_width}, opts);
-    RowPhases<acc_t> phases(g);
+    std::vector<acc_t> d_buf(g.in_channels * rows * g.out_width);
+    std::vector<acc_t> z_buf(g.out_channels * rows * g.out_width);
+    const acc_t* pw = prm.pw.template const_data_ptr<acc_t>();
+    PlanePhases<acc_t> phases(g, rows);
+    const TypedLeakyReLU<acc_t> a = act.as<acc_t>();  // hoisted: the loops below vectorise
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / tiles;
       const int64_t oh0 = (task % tiles) * rows;
       const int64_t oh1 = std::min(g.out_height, oh0 + rows);
       const int64_t pixels = (oh1 - oh0) * g.out_width;
-      at::Tensor d = d_buf.narrow(0, 0, g.in_channels * pixels).view({g.in_channels, pixels});
-      at::Tensor z = z_buf.narrow(0, 0, g.out_channels * pixels).view({g.out_channels, pixels});
       depthwise_rows<scalar_t, acc_t>(g, x_ptr + n * g.in_channels * g.height * g.width,
                                       prm.dw.template const_data_ptr<acc_t>(),
                                       prm.dw_bias.template const_data_ptr<acc_t>(), oh0, oh1,
-                                      d.template mutable_data_ptr<acc_t>(), pixels, phases);
-      at::mm_out(z, prm.pw, d);
-      const acc_t* zp = z.template const_data_ptr<acc_t>();
+                                      d_buf.data(), pixels, phases);
+      gemm_nn<acc_t>(g.out_channels, pixels, g.in_channels, pw, g.in_channels, d_buf.data(),
+                     pixels, z_buf.data(), pixels);
+      const acc_t* zp = z_buf.data();
       const acc_t* bp = pw_b.template const_data_ptr<acc_t>();
       for (int64_t o = 0; o < g.out_channels; ++o) {
-        scalar_t* yrow = y_ptr + (n * g.out_channels + o) * plane_out + oh0 * g.out_width;
-        const acc_t* zrow = zp + o * pixels;
+        scalar_t* __restrict__ yrow = y_ptr + (n * g.out_channels + o) * plane_out + oh0 * g.out_width;
+        const acc_t* __restrict__ zrow = zp + o * pixels;
         const acc_t b = bp[o];
-        for (int64_t t = 0; t < pixels; ++t) yrow[t] = static_cast<scalar_t>(act.apply(zrow[t] + b));
+        for (int64_t t = 0; t < pixels; ++t) yrow[t] = static_cast<scalar_t>(a.apply(zrow[t] + b));
       }
     }
   });

@@ -12,6 +12,11 @@
 
 #include "rtda/dwsep_math.h"
 
+// Lets the compiler vectorise a float sum by reordering it (the order is still fixed per build,
+// so results stay reproducible). Needs -fopenmp-simd, which CMakeLists.txt passes.
+#define RTDA_PRAGMA(text) _Pragma(#text)
+#define RTDA_SIMD_SUM(var) RTDA_PRAGMA(omp simd reduction(+ : var))
+
 namespace rtda::cpu {
 
 // Pixels per tile: big enough for an efficient GEMM, small enough for the buffers to stay in L2.
@@ -31,31 +36,73 @@ inline Geometry geometry_of(const at::Tensor& x, const at::Tensor& dw_weight, co
   return g;
 }
 
-// One input row split into `stride` phases: phase[r][m] = row[m * stride + r - padding], zero
-// outside the row, so that tap j of output column ow is phase[j % s][ow + j / s].
+// Input rows [h_begin, h_end) of one channel plane, each split into `stride` phases:
+// phase[r][m] = row[m * stride + r - padding], zero outside the row, so that tap j of output column
+// ow reads phase[j % s][ow + j / s] contiguously. Loaded once per channel and tile, converted to
+// the accumulation type, and shared by every output row of the tile whose window covers it.
 template <typename acc_t>
-class RowPhases {
+class PlanePhases {
  public:
-  explicit RowPhases(const Geometry& g)
-      : g_(g), len_(g.out_width + (g.kernel - 1) / g.stride + 1), data_(g.stride * len_) {}
+  PlanePhases(const Geometry& g, int64_t max_out_rows)
+      : g_(g),
+        len_(g.out_width + (g.kernel - 1) / g.stride + 1),
+        row_size_(g.stride * len_),
+        data_(((max_out_rows - 1) * g.stride + g.kernel) * row_size_) {}
 
+  // Loads the input rows read by output rows [oh0, oh1) (rows outside the plane are skipped).
   template <typename scalar_t>
-  void load(const scalar_t* row) {
-    for (int64_t r = 0; r < g_.stride; ++r) {
-      acc_t* dst = data_.data() + r * len_;
-      for (int64_t m = 0; m < len_; ++m) {
-        const int64_t w = m * g_.stride + r - g_.padding;
-        dst[m] = (w >= 0 && w < g_.width) ? static_cast<acc_t>(row[w]) : acc_t(0);
-      }
+  void load(const scalar_t* plane, int64_t oh0, int64_t oh1) {
+    h_begin_ = input_coord(oh0, 0, g_.stride, g_.padding);
+    const int64_t h_end = input_coord(oh1 - 1, g_.kernel, g_.stride, g_.padding);
+    for (int64_t h = std::max<int64_t>(0, h_begin_); h < std::min(g_.height, h_end); ++h) {
+      load_row(plane + h * g_.width, data_.data() + (h - h_begin_) * row_size_);
     }
   }
 
-  // The values read by tap j for output columns 0, 1, ...
-  const acc_t* tap(int64_t j) const { return data_.data() + (j % g_.stride) * len_ + j / g_.stride; }
+  // The values that tap j reads from input row h, for output columns 0, 1, ...
+  const acc_t* tap(int64_t h, int64_t j) const {
+    return data_.data() + (h - h_begin_) * row_size_ + (j % g_.stride) * len_ + j / g_.stride;
+  }
 
  private:
+  // Valid phase columns [m0, m1) of phase r: those whose input column lies inside the row.
+  std::pair<int64_t, int64_t> valid_columns(int64_t r) const {
+    const int64_t s = g_.stride, p = g_.padding;
+    const int64_t m0 = std::min(len_, p > r ? (p - r + s - 1) / s : int64_t(0));
+    const int64_t last = g_.width - 1 + p - r;  // m * s <= last
+    return {m0, std::max(m0, last < 0 ? int64_t(0) : std::min(len_, last / s + 1))};
+  }
+
+  template <typename scalar_t>
+  void load_row(const scalar_t* row, acc_t* dst) const {
+    const int64_t s = g_.stride, p = g_.padding;
+    std::fill(dst, dst + row_size_, acc_t(0));
+    int64_t joint_lo = 0, joint_hi = 0;  // columns copied by the stride-2 loop below
+    if (s == 2) {
+      // Both phases in one loop: the compiler turns the pair of stride-2 reads into vector
+      // loads and shuffles (a loop per phase would gather element by element).
+      const auto [a0, a1] = valid_columns(0);
+      const auto [b0, b1] = valid_columns(1);
+      joint_lo = std::max(a0, b0);
+      joint_hi = std::max(joint_lo, std::min(a1, b1));
+      acc_t* __restrict__ even = dst;
+      acc_t* __restrict__ odd = dst + len_;
+      for (int64_t m = joint_lo; m < joint_hi; ++m) {
+        even[m] = static_cast<acc_t>(row[2 * m - p]);
+        odd[m] = static_cast<acc_t>(row[2 * m + 1 - p]);
+      }
+    }
+    for (int64_t r = 0; r < s; ++r) {  // what the joint loop did not copy
+      const auto [m0, m1] = valid_columns(r);
+      acc_t* __restrict__ out = dst + r * len_;
+      const int64_t gap_lo = std::clamp(joint_lo, m0, m1), gap_hi = std::clamp(joint_hi, gap_lo, m1);
+      for (int64_t m = m0; m < gap_lo; ++m) out[m] = static_cast<acc_t>(row[m * s + r - p]);
+      for (int64_t m = gap_hi; m < m1; ++m) out[m] = static_cast<acc_t>(row[m * s + r - p]);
+    }
+  }
+
   const Geometry& g_;
-  int64_t len_;
+  int64_t len_, row_size_, h_begin_ = 0;
   std::vector<acc_t> data_;
 };
 
@@ -71,22 +118,22 @@ inline std::pair<int64_t, int64_t> interior_columns(const Geometry& g) {
 // Depthwise output of output rows [oh0, oh1) of one image into out[c * ld + (oh - oh0) * Wo + ow].
 template <typename scalar_t, typename acc_t>
 void depthwise_rows(const Geometry& g, const scalar_t* x_image, const acc_t* dw, const acc_t* dw_bias,
-                    int64_t oh0, int64_t oh1, acc_t* out, int64_t ld, RowPhases<acc_t>& phases) {
+                    int64_t oh0, int64_t oh1, acc_t* out, int64_t ld, PlanePhases<acc_t>& phases) {
   const auto [lo, hi] = interior_columns(g);
   const int64_t kk = g.kernel * g.kernel;
   for (int64_t c = 0; c < g.in_channels; ++c) {
     const scalar_t* plane = x_image + c * g.height * g.width;
     const acc_t* wc = dw + c * kk;
+    phases.load(plane, oh0, oh1);
     for (int64_t oh = oh0; oh < oh1; ++oh) {
       acc_t* o = out + c * ld + (oh - oh0) * g.out_width;
       for (int64_t ow = lo; ow < hi; ++ow) o[ow] = dw_bias[c];
       for (int64_t i = 0; i < g.kernel; ++i) {
         const int64_t h = input_coord(oh, i, g.stride, g.padding);
         if (h < 0 || h >= g.height) continue;
-        phases.load(plane + h * g.width);
         for (int64_t j = 0; j < g.kernel; ++j) {
           const acc_t wv = wc[i * g.kernel + j];
-          const acc_t* src = phases.tap(j);
+          const acc_t* src = phases.tap(h, j);
           for (int64_t ow = lo; ow < hi; ++ow) o[ow] += wv * src[ow];
         }
       }

@@ -39,22 +39,45 @@ RTDA_HOST_DEVICE int64_t last_output_covering(int64_t in, int64_t stride, int64_
   return num >= 0 ? num / stride : -((-num + stride - 1) / stride);
 }
 
+// LeakyReLU with its slope already in the computation type T. No activation is slope 1, so both
+// directions are a branch-free select that compilers vectorise.
+template <typename T>
+struct TypedLeakyReLU {
+  T slope;
+
+  // y = z for z > 0, slope * z otherwise.
+  RTDA_HOST_DEVICE T apply(T z) const {
+    const T scaled = z * slope;
+    return z > T(0) ? z : scaled;
+  }
+
+  // dL/dz from dL/dy using the sign of the *output* y. Exact for slope >= 0: then y > 0 iff
+  // z > 0, and at z == 0 (y == 0) it picks `slope`, as PyTorch's leaky_relu backward does.
+  RTDA_HOST_DEVICE T grad_from_output(T grad_y, T y) const {
+    const T scaled = grad_y * slope;
+    return y > T(0) ? grad_y : scaled;
+  }
+};
+
 // The optional LeakyReLU at the end of the op. `enabled == false` is negative_slope=None.
 struct Activation {
   bool enabled;
   double slope;  // cast to the computation type at use, as PyTorch does
 
-  // y = z for z > 0, slope * z otherwise.
+  // The activation in type T: hoist this out of loops.
   template <typename T>
-  RTDA_HOST_DEVICE T apply(T z) const {
-    return (enabled && !(z > T(0))) ? z * static_cast<T>(slope) : z;
+  RTDA_HOST_DEVICE TypedLeakyReLU<T> as() const {
+    return TypedLeakyReLU<T>{enabled ? static_cast<T>(slope) : T(1)};
   }
 
-  // dL/dz from dL/dy using the sign of the *output* y. Exact for slope >= 0: then y > 0 iff
-  // z > 0, and at z == 0 (y == 0) it picks `slope`, as PyTorch's leaky_relu backward does.
+  template <typename T>
+  RTDA_HOST_DEVICE T apply(T z) const {
+    return as<T>().apply(z);
+  }
+
   template <typename T>
   RTDA_HOST_DEVICE T grad_from_output(T grad_y, T y) const {
-    return (enabled && !(y > T(0))) ? grad_y * static_cast<T>(slope) : grad_y;
+    return as<T>().grad_from_output(grad_y, y);
   }
 };
 
