@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "rtda/dwsep_math.h"
+#include "small_gemm.h"
 
 // Lets the compiler vectorise a float sum by reordering it (the order is still fixed per build,
 // so results stay reproducible). Needs -fopenmp-simd, which CMakeLists.txt passes.
@@ -36,6 +37,10 @@ inline Geometry geometry_of(const at::Tensor& x, const at::Tensor& dw_weight, co
   return g;
 }
 
+inline int64_t round_up(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
 // Input rows [h_begin, h_end) of one channel plane, each split into `stride` phases:
 // phase[r][m] = row[m * stride + r - padding], zero outside the row, so that tap j of output column
 // ow reads phase[j % s][ow + j / s] contiguously. Loaded once per channel and tile, converted to
@@ -45,7 +50,7 @@ class PlanePhases {
  public:
   PlanePhases(const Geometry& g, int64_t max_out_rows)
       : g_(g),
-        len_(g.out_width + (g.kernel - 1) / g.stride + 1),
+        len_(round_up(g.out_width, 2 * kVectorBytes) + (g.kernel - 1) / g.stride + 1),
         row_size_(g.stride * len_),
         data_(((max_out_rows - 1) * g.stride + g.kernel) * row_size_) {}
 
@@ -76,7 +81,11 @@ class PlanePhases {
   template <typename scalar_t>
   void load_row(const scalar_t* row, acc_t* dst) const {
     const int64_t s = g_.stride, p = g_.padding;
-    std::fill(dst, dst + row_size_, acc_t(0));
+    for (int64_t r = 0; r < s; ++r) {  // zero padding outside the row
+      const auto [m0, m1] = valid_columns(r);
+      std::fill(dst + r * len_, dst + r * len_ + m0, acc_t(0));
+      std::fill(dst + r * len_ + m1, dst + (r + 1) * len_, acc_t(0));
+    }
     int64_t joint_lo = 0, joint_hi = 0;  // columns copied by the stride-2 loop below
     if (s == 2) {
       // Both phases in one loop: the compiler turns the pair of stride-2 reads into vector
@@ -115,29 +124,61 @@ inline std::pair<int64_t, int64_t> interior_columns(const Geometry& g) {
   return {lo, std::max(lo, hi)};
 }
 
+// out[0, 2L) = bias + sum over taps t of weight[t] * src[t][offset + (0, 2L)], L lanes a vector:
+// two accumulators stay in registers across all k*k taps. Written with explicit vectors because
+// auto-vectorisation of this loop nest picked gathers across taps.
+template <typename acc_t>
+inline void depthwise_block(int taps, const acc_t* const* src, const acc_t* weight, acc_t bias,
+                            int64_t offset, acc_t* out) {
+  using V = Vec<acc_t>;
+  constexpr int L = lanes<acc_t>();
+  V a0 = V{} + bias, a1 = a0;
+  for (int t = 0; t < taps; ++t) {
+    const acc_t* row = src[t] + offset;
+    const acc_t w = weight[t];
+    a0 += w * load_vec(row);
+    a1 += w * load_vec(row + L);
+  }
+  store_vec(out, a0);
+  store_vec(out + L, a1);
+}
+
 // Depthwise output of output rows [oh0, oh1) of one image into out[c * ld + (oh - oh0) * Wo + ow].
 template <typename scalar_t, typename acc_t>
 void depthwise_rows(const Geometry& g, const scalar_t* x_image, const acc_t* dw, const acc_t* dw_bias,
                     int64_t oh0, int64_t oh1, acc_t* out, int64_t ld, PlanePhases<acc_t>& phases) {
+  constexpr int V = 2 * lanes<acc_t>();  // columns per depthwise_block
   const auto [lo, hi] = interior_columns(g);
   const int64_t kk = g.kernel * g.kernel;
+  std::vector<const acc_t*> src(kk);
+  std::vector<acc_t> weight(kk);
   for (int64_t c = 0; c < g.in_channels; ++c) {
     const scalar_t* plane = x_image + c * g.height * g.width;
     const acc_t* wc = dw + c * kk;
     phases.load(plane, oh0, oh1);
     for (int64_t oh = oh0; oh < oh1; ++oh) {
       acc_t* o = out + c * ld + (oh - oh0) * g.out_width;
-      for (int64_t ow = lo; ow < hi; ++ow) o[ow] = dw_bias[c];
+      int taps = 0;  // the taps whose input row lies inside the plane
       for (int64_t i = 0; i < g.kernel; ++i) {
         const int64_t h = input_coord(oh, i, g.stride, g.padding);
         if (h < 0 || h >= g.height) continue;
-        for (int64_t j = 0; j < g.kernel; ++j) {
-          const acc_t wv = wc[i * g.kernel + j];
-          const acc_t* src = phases.tap(h, j);
-          for (int64_t ow = lo; ow < hi; ++ow) o[ow] += wv * src[ow];
+        for (int64_t j = 0; j < g.kernel; ++j, ++taps) {
+          src[taps] = phases.tap(h, j);
+          weight[taps] = wc[i * g.kernel + j];
         }
       }
-      for (int64_t ow = 0; ow < g.out_width; ++ow) {
+      // Whole blocks over the zero-padded phases (the last one through a small buffer), then the
+      // border columns again through the point function shared with the CUDA kernels.
+      int64_t ow = 0;
+      for (; ow + V <= g.out_width; ow += V) {
+        depthwise_block<acc_t>(taps, src.data(), weight.data(), dw_bias[c], ow, o + ow);
+      }
+      if (ow < g.out_width) {
+        acc_t tail[V];
+        depthwise_block<acc_t>(taps, src.data(), weight.data(), dw_bias[c], ow, tail);
+        std::copy(tail, tail + (g.out_width - ow), o + ow);
+      }
+      for (ow = 0; ow < g.out_width; ++ow) {
         if (ow == lo) ow = hi;
         if (ow >= g.out_width) break;
         o[ow] = depthwise_point<acc_t>(plane, wc, dw_bias[c], g.height, g.width, g.kernel, g.stride,

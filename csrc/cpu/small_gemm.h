@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 namespace rtda::cpu {
 
@@ -21,6 +22,39 @@ constexpr int kGemmRows = 8;
 constexpr int kVectorBytes = 32;
 constexpr int kGemmRows = 4;
 #endif
+
+// One SIMD vector of T (GCC/Clang vector extension; split by the compiler where narrower).
+// (Attributes on a dependent alias template are ignored, hence one typedef per type.)
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(kVectorBytes)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(kVectorBytes)));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+static_assert(sizeof(Vec<float>) == kVectorBytes && sizeof(Vec<double>) == kVectorBytes);
+
+template <typename T>
+constexpr int lanes() {
+  return kVectorBytes / static_cast<int>(sizeof(T));
+}
+
+template <typename T>
+inline Vec<T> load_vec(const T* p) {  // unaligned
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline void store_vec(T* p, Vec<T> v) {
+  std::memcpy(p, &v, sizeof(v));
+}
 
 // C[MR x NR] = A[MR x K] @ B[K x NR] (row-major, leading dimensions lda, ldb, ldc).
 template <typename T, int MR, int NR>
