@@ -73,6 +73,34 @@ void input_grad_row(const Geometry& g, const acc_t* grad, int64_t row0, int64_t 
   }
 }
 
+// Adds to grad_weight[i*k + j] the sum over output rows [r0, r1) (grad points at row r0) of
+// dL/dd * (the input that tap (i, j) reads). Vector accumulators run over all rows of the band,
+// so each tap needs one horizontal sum per band.
+template <typename acc_t>
+void depthwise_weight_grad(const Geometry& g, const acc_t* grad, int64_t r0, int64_t r1,
+                           const PlanePhases<acc_t>& phases, acc_t* grad_weight) {
+  using V = Vec<acc_t>;
+  constexpr int L = lanes<acc_t>();
+  const int64_t wo = g.out_width, full = wo / L * L;
+  for (int64_t i = 0; i < g.kernel; ++i) {
+    for (int64_t j = 0; j < g.kernel; ++j) {
+      V acc = V{};
+      acc_t tail = 0;
+      for (int64_t oh = r0; oh < r1; ++oh) {
+        const int64_t h = input_coord(oh, i, g.stride, g.padding);
+        if (h < 0 || h >= g.height) continue;
+        const acc_t* grow = grad + (oh - r0) * wo;
+        const acc_t* src = phases.tap(h, j);
+        int64_t ow = 0;
+        for (; ow < full; ow += L) acc += load_vec(grow + ow) * load_vec(src + ow);
+        for (; ow < wo; ++ow) tail += grow[ow] * src[ow];
+      }
+      for (int v = 0; v < L; ++v) tail += acc[v];
+      grad_weight[i * g.kernel + j] += tail;
+    }
+  }
+}
+
 template <typename scalar_t>
 void backward_kernel(const Geometry& g, const Activation act, const at::Tensor& grad_y,
                      const at::Tensor& x, const at::Tensor& y, const at::Tensor& dw_weight,
@@ -129,14 +157,24 @@ void backward_kernel(const Geometry& g, const Activation act, const at::Tensor& 
           gz_row[t] = a.grad_from_output(static_cast<acc_t>(gy_row[t]), static_cast<acc_t>(y_row[t]));
         }
       }
-      acc_t* gdp = gd_buf.data();
       gemm_nn<acc_t>(g.in_channels, all, g.out_channels, pw_t.template const_data_ptr<acc_t>(),
-                     g.out_channels, gzp, all, gdp, all);
+                     g.out_channels, gzp, all, gd_buf.data(), all);
 
       // Pointwise gradients over the owned rows, with the depthwise tile recomputed.
       const scalar_t* x_image = x_ptr + n * g.in_channels * plane_in;
-      depthwise_rows<scalar_t, acc_t>(g, x_image, dw, prm.dw_bias.template const_data_ptr<acc_t>(),
-                                      r0, r1, d_buf.data(), own, phases);
+      // Recompute the depthwise tile; while a channel's input rows are loaded, also accumulate
+      // its depthwise weight and bias gradients (dL/dd against the shifted input rows).
+      const acc_t* gdp = gd_buf.data();
+      depthwise_rows<scalar_t, acc_t>(
+          g, x_image, dw, prm.dw_bias.template const_data_ptr<acc_t>(), r0, r1, d_buf.data(), own,
+          phases, [&](int64_t c, const PlanePhases<acc_t>& loaded) {
+            const acc_t* gdc = gdp + c * all;
+            acc_t bias_sum = 0;
+            RTDA_SIMD_SUM(bias_sum)
+            for (int64_t t = own_off; t < all; ++t) bias_sum += gdc[t];
+            gdw_b[c] += bias_sum;
+            depthwise_weight_grad<acc_t>(g, gdc + own_off, r0, r1, loaded, gdw + c * kk);
+          });
       gemm_nt_acc<acc_t>(g.out_channels, g.in_channels, own, gzp + own_off, all, d_buf.data(), own,
                          gpw, g.in_channels);
       for (int64_t o = 0; o < g.out_channels; ++o) {
@@ -144,31 +182,6 @@ void backward_kernel(const Geometry& g, const Activation act, const at::Tensor& 
         RTDA_SIMD_SUM(sum)
         for (int64_t t = 0; t < own; ++t) sum += gzp[o * all + own_off + t];
         gpw_b[o] += sum;
-      }
-
-      // Depthwise gradients over the owned rows: dL/dd against the shifted input rows.
-      for (int64_t c = 0; c < g.in_channels; ++c) {
-        const scalar_t* plane = x_image + c * plane_in;
-        const acc_t* gdc = gdp + c * all;
-        acc_t bias_sum = 0;
-        RTDA_SIMD_SUM(bias_sum)
-        for (int64_t t = own_off; t < all; ++t) bias_sum += gdc[t];
-        gdw_b[c] += bias_sum;
-        phases.load(plane, r0, r1);
-        for (int64_t oh = r0; oh < r1; ++oh) {
-          const acc_t* grow = gdc + (oh - h0) * g.out_width;
-          for (int64_t i = 0; i < g.kernel; ++i) {
-            const int64_t h = input_coord(oh, i, g.stride, g.padding);
-            if (h < 0 || h >= g.height) continue;
-            for (int64_t j = 0; j < g.kernel; ++j) {
-              const acc_t* src = phases.tap(h, j);
-              acc_t dot = 0;
-              RTDA_SIMD_SUM(dot)
-              for (int64_t ow = 0; ow < g.out_width; ++ow) dot += grow[ow] * src[ow];
-              gdw[c * kk + i * g.kernel + j] += dot;
-            }
-          }
-        }
       }
 
       // dL/dx of the owned input rows, gathered (no other band writes them).

@@ -65,7 +65,7 @@ void forward_kernel(const Geometry& g, const at::Tensor& x, const at::Tensor& dw
       depthwise_rows<scalar_t, acc_t>(g, x_ptr + n * g.in_channels * g.height * g.width,
                                       prm.dw.template const_data_ptr<acc_t>(),
                                       prm.dw_bias.template const_data_ptr<acc_t>(), oh0, oh1,
-                                      d_buf.data(), pixels, phases);
+                                      d_buf.data(), pixels, phases, [](int64_t, const auto&) {});
       gemm_nn<acc_t>(g.out_channels, pixels, g.in_channels, pw, g.in_channels, d_buf.data(),
                      pixels, z_buf.data(), pixels);
       const acc_t* zp = z_buf.data();

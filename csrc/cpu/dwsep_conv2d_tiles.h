@@ -144,9 +144,11 @@ inline void depthwise_block(int taps, const acc_t* const* src, const acc_t* weig
 }
 
 // Depthwise output of output rows [oh0, oh1) of one image into out[c * ld + (oh - oh0) * Wo + ow].
-template <typename scalar_t, typename acc_t>
+// After each channel, on_channel(c, phases) may use that channel's loaded input rows.
+template <typename scalar_t, typename acc_t, typename OnChannel>
 void depthwise_rows(const Geometry& g, const scalar_t* x_image, const acc_t* dw, const acc_t* dw_bias,
-                    int64_t oh0, int64_t oh1, acc_t* out, int64_t ld, PlanePhases<acc_t>& phases) {
+                    int64_t oh0, int64_t oh1, acc_t* out, int64_t ld, PlanePhases<acc_t>& phases,
+                    OnChannel&& on_channel) {
   constexpr int V = 2 * lanes<acc_t>();  // columns per depthwise_block
   const auto [lo, hi] = interior_columns(g);
   const int64_t kk = g.kernel * g.kernel;
@@ -185,6 +187,7 @@ void depthwise_rows(const Geometry& g, const scalar_t* x_image, const acc_t* dw,
                                        g.padding, oh, ow);
       }
     }
+    on_channel(c, static_cast<const PlanePhases<acc_t>&>(phases));
   }
 }
 
