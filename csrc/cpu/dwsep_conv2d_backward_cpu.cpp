@@ -22,11 +22,12 @@
 namespace rtda::cpu {
 namespace {
 
-// Per-thread partial sums of the four weight gradients, in accumulation type.
+// Per-thread partial sums of the four weight gradients, in accumulation type (the pointwise one
+// transposed, C_in x C_out, as the GEMM that accumulates it produces it).
 struct WeightGrads {
-  at::Tensor pw, pw_bias, dw, dw_bias;
+  at::Tensor pw_t, pw_bias, dw, dw_bias;
   WeightGrads(const Geometry& g, const at::TensorOptions& opts)
-      : pw(at::zeros({g.out_channels, g.in_channels}, opts)),
+      : pw_t(at::zeros({g.in_channels, g.out_channels}, opts)),
         pw_bias(at::zeros({g.out_channels}, opts)),
         dw(at::zeros({g.in_channels, g.kernel * g.kernel}, opts)),
         dw_bias(at::zeros({g.in_channels}, opts)) {}
@@ -132,10 +133,11 @@ void backward_kernel(const Geometry& g, const Activation act, const at::Tensor& 
     const int64_t cap = (rows + halo) * g.out_width;
     std::vector<acc_t> gz_buf(g.out_channels * cap), gd_buf(g.in_channels * cap);
     std::vector<acc_t> d_buf(g.in_channels * rows * g.out_width);
+    std::vector<acc_t> gz_t(rows * g.out_width * g.out_channels);
     std::vector<acc_t> phase_buf(g.out_width + 1);
     PlanePhases<acc_t> phases(g, rows);
     const TypedLeakyReLU<acc_t> a = act.as<acc_t>();  // hoisted: the loops below vectorise
-    acc_t* gpw = acc.pw.template mutable_data_ptr<acc_t>();
+    acc_t* gpw_t = acc.pw_t.template mutable_data_ptr<acc_t>();
     acc_t* gdw = acc.dw.template mutable_data_ptr<acc_t>();
     acc_t* gdw_b = acc.dw_bias.template mutable_data_ptr<acc_t>();
     acc_t* gpw_b = acc.pw_bias.template mutable_data_ptr<acc_t>();
@@ -175,8 +177,16 @@ void backward_kernel(const Geometry& g, const Activation act, const at::Tensor& 
             gdw_b[c] += bias_sum;
             depthwise_weight_grad<acc_t>(g, gdc + own_off, r0, r1, loaded, gdw + c * kk);
           });
-      gemm_nt_acc<acc_t>(g.out_channels, g.in_channels, own, gzp + own_off, all, d_buf.data(), own,
-                         gpw, g.in_channels);
+      // dL/dW_pw^T (C_in x C_out) += d (C_in x own) @ (dL/dz)^T (own x C_out): a register-blocked
+      // GEMM after a transpose when C_out fills its column blocks, else dot products.
+      if (g.out_channels >= kGemmMinColumns) {
+        transpose<acc_t>(g.out_channels, own, gzp + own_off, all, gz_t.data(), g.out_channels);
+        gemm_nn<acc_t, true>(g.in_channels, g.out_channels, own, d_buf.data(), own, gz_t.data(),
+                             g.out_channels, gpw_t, g.out_channels);
+      } else {
+        gemm_nt_acc<acc_t>(g.in_channels, g.out_channels, own, d_buf.data(), own, gzp + own_off,
+                           all, gpw_t, g.out_channels);
+      }
       for (int64_t o = 0; o < g.out_channels; ++o) {
         acc_t sum = 0;
         RTDA_SIMD_SUM(sum)
@@ -197,7 +207,7 @@ void backward_kernel(const Geometry& g, const Activation act, const at::Tensor& 
     }
   });
   for (const WeightGrads& part : partial) {  // fixed order: deterministic for a thread count
-    total.pw.add_(part.pw);
+    total.pw_t.add_(part.pw_t);
     total.pw_bias.add_(part.pw_bias);
     total.dw.add_(part.dw);
     total.dw_bias.add_(part.dw_bias);
@@ -230,7 +240,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwsep_con
       });
   const auto wtype = dw_weight.scalar_type();
   return {grad_x, total.dw.view(dw_weight.sizes()).to(wtype), total.dw_bias.to(wtype),
-          total.pw.view(pw_weight.sizes()).to(wtype), total.pw_bias.to(wtype)};
+          total.pw_t.t().contiguous().view(pw_weight.sizes()).to(wtype), total.pw_bias.to(wtype)};
 }
 
 }  // namespace rtda::cpu

@@ -23,6 +23,9 @@ constexpr int kVectorBytes = 32;
 constexpr int kGemmRows = 4;
 #endif
 
+// Below this many columns gemm_nn runs its plain edge loops only.
+constexpr int kGemmMinColumns = 2 * kVectorBytes / 4;
+
 // One SIMD vector of T (GCC/Clang vector extension; split by the compiler where narrower).
 // (Attributes on a dependent alias template are ignored, hence one typedef per type.)
 template <typename T>
@@ -56,11 +59,16 @@ inline void store_vec(T* p, Vec<T> v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// C[MR x NR] = A[MR x K] @ B[K x NR] (row-major, leading dimensions lda, ldb, ldc).
-template <typename T, int MR, int NR>
+// C[MR x NR] (+)= A[MR x K] @ B[K x NR] (row-major, leading dimensions lda, ldb, ldc).
+template <typename T, int MR, int NR, bool Accumulate>
 inline void gemm_nn_block(int64_t k_size, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
                           int64_t ldc) {
   T acc[MR][NR] = {};
+  if constexpr (Accumulate) {
+    for (int r = 0; r < MR; ++r) {
+      for (int t = 0; t < NR; ++t) acc[r][t] = c[r * ldc + t];
+    }
+  }
   for (int64_t k = 0; k < k_size; ++k) {
     const T* __restrict__ brow = b + k * ldb;
     for (int r = 0; r < MR; ++r) {
@@ -74,12 +82,12 @@ inline void gemm_nn_block(int64_t k_size, const T* a, int64_t lda, const T* b, i
 }
 
 // Edge blocks (fewer than NR columns left): plain loops.
-template <typename T>
+template <typename T, bool Accumulate>
 inline void gemm_nn_edge(int64_t rows, int64_t cols, int64_t k_size, const T* a, int64_t lda,
                          const T* b, int64_t ldb, T* c, int64_t ldc) {
   for (int64_t r = 0; r < rows; ++r) {
     T* __restrict__ crow = c + r * ldc;
-    std::fill(crow, crow + cols, T(0));
+    if constexpr (!Accumulate) std::fill(crow, crow + cols, T(0));
     for (int64_t k = 0; k < k_size; ++k) {
       const T av = a[r * lda + k];
       const T* __restrict__ brow = b + k * ldb;
@@ -88,9 +96,9 @@ inline void gemm_nn_edge(int64_t rows, int64_t cols, int64_t k_size, const T* a,
   }
 }
 
-// C[M x N] = A[M x K] @ B[K x N]. Column blocks outside, so a K x NR panel of B stays in L1
+// C[M x N] (+)= A[M x K] @ B[K x N]. Column blocks outside, so a K x NR panel of B stays in L1
 // while every row block of A passes over it.
-template <typename T>
+template <typename T, bool Accumulate = false>
 void gemm_nn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
              T* c, int64_t ldc) {
   constexpr int MR = kGemmRows, NR = 2 * kVectorBytes / static_cast<int>(sizeof(T));
@@ -98,11 +106,13 @@ void gemm_nn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* 
   for (; j + NR <= n; j += NR) {
     int64_t i = 0;
     for (; i + MR <= m; i += MR) {
-      gemm_nn_block<T, MR, NR>(k, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
+      gemm_nn_block<T, MR, NR, Accumulate>(k, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
     }
-    for (; i < m; ++i) gemm_nn_block<T, 1, NR>(k, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
+    for (; i < m; ++i) {
+      gemm_nn_block<T, 1, NR, Accumulate>(k, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
+    }
   }
-  if (j < n) gemm_nn_edge<T>(m, n - j, k, a, lda, b + j, ldb, c + j, ldc);
+  if (j < n) gemm_nn_edge<T, Accumulate>(m, n - j, k, a, lda, b + j, ldb, c + j, ldc);
 }
 
 // C[MR x NR] += A[MR x K] @ B[NR x K]^T: dot products over K, V lanes at a time.
@@ -149,6 +159,19 @@ void gemm_nt_acc(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
         for (int64_t s = 0; s < std::min<int64_t>(B, n - j); ++s) {
           gemm_nt_block<T, 1, 1>(k, ai + r * lda, lda, bj + s * ldb, ldb, cij + r * ldc + s, ldc);
         }
+      }
+    }
+  }
+}
+
+// dst[cols x rows] = src[rows x cols]^T, in 16 x 16 blocks so both sides stay in cache.
+template <typename T>
+void transpose(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
+  constexpr int64_t B = 16;
+  for (int64_t i0 = 0; i0 < rows; i0 += B) {
+    for (int64_t j0 = 0; j0 < cols; j0 += B) {
+      for (int64_t j = j0; j < std::min(cols, j0 + B); ++j) {
+        for (int64_t i = i0; i < std::min(rows, i0 + B); ++i) dst[j * ldd + i] = src[i * lds + j];
       }
     }
   }
