@@ -14,7 +14,7 @@
 #include "small_gemm.h"
 
 // Lets the compiler vectorise a float sum by reordering it (the order is still fixed per build,
-// so results stay reproducible). Needs -fopenmp-simd, which CMakeLists.txt passes.
+// so results stay reproducible). Needs -fopenmp (or -fopenmp-simd), which CMakeLists.txt passes.
 #define RTDA_PRAGMA(text) _Pragma(#text)
 #define RTDA_SIMD_SUM(var) RTDA_PRAGMA(omp simd reduction(+ : var))
 

@@ -1,0 +1,89 @@
+"""Memory figures for the benchmarks, measured on the CPU (no CUDA allocator statistics there).
+
+- ``peak_allocated_bytes(fn)``: the highest number of bytes the CPU allocator held *beyond what it
+  held when fn started*, while fn ran. ``torch.profiler`` with ``profile_memory=True`` records
+  every allocation (+bytes) and free (-bytes); replaying them in time order (a running sum) and
+  taking the maximum gives the peak. Memory that fn returns counts (it is allocated while fn
+  runs); allocations made outside the PyTorch CPU allocator (e.g. oneDNN scratch space) do not.
+- ``saved_for_backward_bytes(fn)``: the bytes of the tensors autograd saves for backward while fn
+  runs, via ``torch.autograd.graph.saved_tensors_hooks``; each storage is counted once (a layer's
+  output saved by itself and by the next layer is one buffer). Zero under ``torch.no_grad``.
+- ``retain_freed_memory()``: makes glibc malloc keep freed memory for reuse. By default glibc
+  serves big blocks with fresh ``mmap``s that ``free`` returns to the OS, so every pass pays page
+  faults on its new tensors, in an amount that depends on what ran before (glibc's threshold
+  adapts): measured here, the same eager forward ran more than twice as slow before any backward
+  had run as after. The benchmarks call this first, so that times are compute, in any test order. It
+  favours whoever allocates most (usually eager): under glibc's defaults the fused op's speed-ups
+  come out larger (``--bench-default-malloc`` / ``bench.summary --default-malloc`` show them).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from collections.abc import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+MB = 2**20
+_MEMORY_EVENT = "[memory]"
+# mallopt parameters, from glibc's <malloc.h>; 1 GiB: every tensor the benchmarks make fits.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_RETAIN_BYTES = 2**30
+
+
+def peak_allocated_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes held by the CPU allocator while ``fn()`` runs, relative to its start (>= 0)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = _cpu_memory_events(prof)
+    held = peak = 0
+    for _, _, nbytes in sorted(events):
+        held += nbytes
+        peak = max(peak, held)
+    return peak
+
+
+def _cpu_memory_events(prof: profile) -> list[tuple[int, int, int]]:
+    """(timestamp ns, record order, +/- bytes) of every CPU allocator event the profiler saw."""
+    cpu = torch.autograd.DeviceType.CPU
+    return [
+        (event.start_ns(), order, event.nbytes())
+        for order, event in enumerate(prof.profiler.kineto_results.events())
+        if event.name() == _MEMORY_EVENT and event.device_type() == cpu
+    ]
+
+
+def saved_for_backward_bytes(fn: Callable[[], object]) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn()`` runs."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())
+
+
+def to_mb(nbytes: int) -> float:
+    """Bytes -> MiB, rounded to 0.1 (what tables and ``extra_info`` show)."""
+    return round(nbytes / MB, 1)
+
+
+def retain_freed_memory() -> bool:
+    """Make glibc malloc reuse freed blocks instead of mapping and unmapping them per tensor
+    (``mallopt`` of M_MMAP_THRESHOLD and M_TRIM_THRESHOLD). False where that is not possible."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _RETAIN_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _RETAIN_BYTES)
+    )
