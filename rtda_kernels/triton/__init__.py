@@ -1,0 +1,1 @@
+"""Triton kernels, one file per op; imported lazily so TRITON_INTERPRET is read at first use."""

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Compile-check every CUDA source (csrc/cuda/*.cu) with nvcc for sm_75, sm_80, sm_87 and sm_90,
+# warnings as errors. Needs no GPU: it only compiles (objects go to a temporary directory).
+#
+#   PYTHON=/path/to/python bash scripts/check_cuda.sh
+#
+# Without nvcc on PATH it says so and exits 0, unless RTDA_REQUIRE_NVCC=1 (then exit 1).
+# csrc/cuda/compile_check supplies the one generated header a CPU-only torch wheel lacks.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+if ! command -v nvcc >/dev/null 2>&1; then
+  echo "check_cuda: nvcc not found on PATH; CUDA sources were NOT compile-checked."
+  if [[ "${RTDA_REQUIRE_NVCC:-0}" == "1" ]]; then
+    echo "check_cuda: RTDA_REQUIRE_NVCC=1, failing." >&2
+    exit 1
+  fi
+  exit 0
+fi
+
+PY="${PYTHON:-python}"
+TORCH_DIR="$("$PY" -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
+CXX11_ABI="$("$PY" -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')"
+
+ARCHS=(75 80 87 90)
+GENCODE=()
+ARCH_LIST=""
+for a in "${ARCHS[@]}"; do
+  GENCODE+=(-gencode "arch=compute_${a},code=sm_${a}")
+  ARCH_LIST+="${ARCH_LIST:+ }sm_${a}"
+done
+
+# The flags torch.utils.cpp_extension adds to every nvcc call (COMMON_NVCC_FLAGS), so the check
+# sees the same half/bfloat16 operator set as a real extension build.
+TORCH_NVCC_FLAGS=(
+  -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__
+  -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__
+  --expt-relaxed-constexpr
+)
+
+OUT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/rtda_check_cuda.XXXXXX")"
+trap 'rm -rf "$OUT_DIR"' EXIT
+
+shopt -s nullglob
+SOURCES=(csrc/cuda/*.cu)
+if [[ ${#SOURCES[@]} -eq 0 ]]; then
+  echo "check_cuda: no csrc/cuda/*.cu files."
+  exit 0
+fi
+
+failed=0
+for src in "${SOURCES[@]}"; do
+  obj="$OUT_DIR/$(basename "${src%.cu}").o"
+  echo "check_cuda: nvcc $src [$ARCH_LIST] ..."
+  start=$SECONDS
+  if nvcc -std=c++17 -c "$src" -o "$obj" "${GENCODE[@]}" \
+      -isystem csrc/cuda/compile_check \
+      -isystem "$TORCH_DIR/include" \
+      -isystem "$TORCH_DIR/include/torch/csrc/api/include" \
+      -I csrc/include \
+      -DTORCH_EXTENSION_NAME=none -D_GLIBCXX_USE_CXX11_ABI="$CXX11_ABI" \
+      "${TORCH_NVCC_FLAGS[@]}" \
+      -Xcompiler -fPIC \
+      -Werror all-warnings -Xcompiler -Wall,-Werror; then
+    echo "check_cuda: OK   $src ($((SECONDS - start)) s)"
+  else
+    echo "check_cuda: FAIL $src ($((SECONDS - start)) s)" >&2
+    failed=1
+  fi
+done
+
+exit "$failed"
