@@ -24,7 +24,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <optional>
+#include <type_traits>
 #include <tuple>
 #include <vector>
 
@@ -34,6 +36,30 @@
 
 namespace rtda::cpu {
 namespace {
+
+constexpr size_t kStreamingStoreBytes = size_t(8) << 20;
+
+// y[t] = activation(z[t] + bias) for one output row, in y's dtype; for float with `stream`,
+// aligned full vectors go out as non-temporal stores.
+template <typename scalar_t, typename acc_t>
+void write_output_row(const acc_t* __restrict__ z, acc_t bias, TypedLeakyReLU<acc_t> act,
+                      int64_t count, bool stream, scalar_t* __restrict__ y) {
+  int64_t t = 0;
+  if constexpr (std::is_same_v<scalar_t, float> && kStreamingStores) {
+    if (stream) {
+      constexpr int L = lanes<float>();
+      for (; t < count && reinterpret_cast<uintptr_t>(y + t) % kVectorBytes != 0; ++t) {
+        y[t] = act.apply(z[t] + bias);
+      }
+      for (; t + L <= count; t += L) {
+        const Vec<float> v = load_vec(z + t) + bias;
+        const Vec<float> scaled = v * act.slope;
+        stream_vec(y + t, v > 0 ? v : scaled);
+      }
+    }
+  }
+  for (; t < count; ++t) y[t] = static_cast<scalar_t>(act.apply(z[t] + bias));
+}
 
 template <typename scalar_t>
 void forward_kernel(const Geometry& g, const at::Tensor& x, const at::Tensor& dw_weight,
@@ -51,6 +77,9 @@ void forward_kernel(const Geometry& g, const at::Tensor& x, const at::Tensor& dw
   const scalar_t* x_ptr = x.const_data_ptr<scalar_t>();
   scalar_t* y_ptr = y.mutable_data_ptr<scalar_t>();
 
+  // y is written once and read only by the next layer: when it is larger than the caches,
+  // streaming stores skip the read-for-ownership of every output line.
+  const bool stream = y.nbytes() >= kStreamingStoreBytes;
   at::parallel_for(0, g.batch * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> d_buf(g.in_channels * rows * g.out_width);
     std::vector<acc_t> z_buf(g.out_channels * rows * g.out_width);
@@ -71,12 +100,11 @@ void forward_kernel(const Geometry& g, const at::Tensor& x, const at::Tensor& dw
       const acc_t* zp = z_buf.data();
       const acc_t* bp = pw_b.template const_data_ptr<acc_t>();
       for (int64_t o = 0; o < g.out_channels; ++o) {
-        scalar_t* __restrict__ yrow = y_ptr + (n * g.out_channels + o) * plane_out + oh0 * g.out_width;
-        const acc_t* __restrict__ zrow = zp + o * pixels;
-        const acc_t b = bp[o];
-        for (int64_t t = 0; t < pixels; ++t) yrow[t] = static_cast<scalar_t>(a.apply(zrow[t] + b));
+        scalar_t* yrow = y_ptr + (n * g.out_channels + o) * plane_out + oh0 * g.out_width;
+        write_output_row<scalar_t, acc_t>(zp + o * pixels, bp[o], a, pixels, stream, yrow);
       }
     }
+    store_fence();  // order this thread's streaming stores before the caller reads y
   });
 }
 

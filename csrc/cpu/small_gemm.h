@@ -11,6 +11,10 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 namespace rtda::cpu {
 
 // Register blocking of gemm_nn: MR rows x (two vectors of) NR columns of accumulators, half the
@@ -58,6 +62,22 @@ template <typename T>
 inline void store_vec(T* p, Vec<T> v) {
   std::memcpy(p, &v, sizeof(v));
 }
+
+// Non-temporal store of a float vector to a kVectorBytes-aligned address, and the fence that
+// orders such stores; where the instruction set has none, plain stores (kStreamingStores false).
+#if defined(__AVX512F__)
+constexpr bool kStreamingStores = true;
+inline void stream_vec(float* p, Vec<float> v) { _mm512_stream_ps(p, v); }
+inline void store_fence() { _mm_sfence(); }
+#elif defined(__AVX__)
+constexpr bool kStreamingStores = true;
+inline void stream_vec(float* p, Vec<float> v) { _mm256_stream_ps(p, v); }
+inline void store_fence() { _mm_sfence(); }
+#else
+constexpr bool kStreamingStores = false;
+inline void stream_vec(float* p, Vec<float> v) { store_vec(p, v); }
+inline void store_fence() {}
+#endif
 
 // C[MR x NR] (+)= A[MR x K] @ B[K x NR] (row-major, leading dimensions lda, ldb, ldc).
 template <typename T, int MR, int NR, bool Accumulate>

@@ -200,3 +200,14 @@ def test_torch_compile_fullgraph(backend):
         (gx,) = torch.autograd.grad(actual.sum(), x)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(gx, gx_expected, atol=1e-5, rtol=1e-5)
+
+
+def test_large_output_cpu():
+    """Outputs of 8 MB and more take the streaming-store path; an odd width misaligns the rows."""
+    case = (1, 3, 8, 512, 509, 3, 1, 1, 0.2)  # y: 8 x 512 x 509 floats = 8.3 MB
+    tensors, kwargs = make_inputs(case)
+    with torch.no_grad(), rtda_kernels.use_backend("cpu"):
+        y = rtda_kernels.dwsep_conv2d(*tensors, **kwargs)
+    assert y.nbytes >= 8 << 20
+    expected = reference.dwsep_conv2d(*[t.detach().double() for t in tensors], **kwargs)
+    assert_close_scaled(y, expected, torch.float32, "y")
