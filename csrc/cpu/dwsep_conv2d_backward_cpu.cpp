@@ -162,7 +162,6 @@ void backward_kernel(const Geometry& g, const Activation act, const at::Tensor& 
       gemm_nn<acc_t>(g.in_channels, all, g.out_channels, pw_t.template const_data_ptr<acc_t>(),
                      g.out_channels, gzp, all, gd_buf.data(), all);
 
-      // Pointwise gradients over the owned rows, with the depthwise tile recomputed.
       const scalar_t* x_image = x_ptr + n * g.in_channels * plane_in;
       // Recompute the depthwise tile; while a channel's input rows are loaded, also accumulate
       // its depthwise weight and bias gradients (dL/dd against the shifted input rows).

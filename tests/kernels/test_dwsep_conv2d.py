@@ -121,6 +121,22 @@ def test_without_biases(backend):
     check_against_reference(backend, CASES[1], torch.float32, bias=False)
 
 
+# Wide images: the CPU kernels split them into many tiles (forward) and bands of output rows with
+# halo rows (backward), ~1024 output pixels each; these cases cross many band boundaries.
+MANY_BANDS = [
+    (1, 3, 4, 40, 600, 3, 1, 1, 0.2),
+    (2, 4, 5, 37, 1100, 4, 2, 1, 0.2),
+    (1, 2, 3, 30, 1030, 7, 1, 6, None),
+    (1, 3, 2, 50, 3000, 5, 3, 2, 0.1),
+    (1, 2, 2, 21, 2100, 2, 2, 0, 0.0),
+]
+
+
+@pytest.mark.parametrize("case", MANY_BANDS, ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5]}s{c[6]}p{c[7]}")
+def test_many_tiles_and_bands_cpu(case):
+    check_against_reference("cpu", case, torch.float32)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     n=st.integers(1, 3), c_in=st.integers(1, 9), c_out=st.integers(1, 9),
