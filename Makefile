@@ -16,7 +16,7 @@ $(PY):
 
 # Installs torch first, then the build tools, then this package without build isolation
 # (an isolated build would fetch its own CUDA torch). Re-runs when the build inputs change.
-$(STAMP): $(PY) pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/include/rtda/*.h)
+$(STAMP): $(PY) pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh csrc/include/rtda/*.h)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH)" numpy
 	$(PIP) install --quiet "scikit-build-core>=0.10" "cmake>=3.21" ninja triton \
