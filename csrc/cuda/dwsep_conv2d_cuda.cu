@@ -1,5 +1,8 @@
-// CUDA kernels of the fused depthwise-separable conv + LeakyReLU (kernels in
-// dwsep_conv2d_kernels.cuh, per-element math shared with the CPU kernel in rtda/dwsep_math.h).
+// CUDA kernels of the fused depthwise-separable conv + LeakyReLU: torch glue (checks, allocation of
+// the outputs, dispatch). The kernels are in dwsep_conv2d_kernels.cuh, their launch plan (grids,
+// reduction splits, temporaries, the launches and their arguments) in dwsep_conv2d_launch.cuh,
+// shared with the CPU emulation test (tests/cuda_emulation/), and the per-element math shared with
+// the CPU kernel in rtda/dwsep_math.h.
 //
 //   d = depthwise_conv(x, dw_weight, dw_bias, stride, padding)    N x C_in  x Ho x Wo
 //   z = conv1x1(d, pw_weight, pw_bias)                             N x C_out x Ho x Wo
@@ -33,34 +36,54 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/core/ScalarType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <array>
 #include <cstdint>
-#include <limits>
 #include <optional>
 #include <tuple>
+#include <vector>
 
+#include <rtda/checks.h>
 #include <rtda/dwsep_math.h>
 
-#include "dwsep_conv2d_kernels.cuh"
+#include "dwsep_conv2d_launch.cuh"
 
 namespace {
 
-using rtda_cuda::ceil_div;
 using rtda_cuda::Geometry;
-using rtda_cuda::kChunk;
-using rtda_cuda::kThreads;
-using rtda_cuda::kTile;
 
-// Target block counts when splitting the (n, pixel) reductions of backward (c) and (d).
-constexpr int64_t kDwTargetBlocks = 1024;
-constexpr int64_t kPwTargetBlocks = 512;
-constexpr int64_t kMaxGridStrideBlocks = 65536;
+// Launcher policy of rtda_cuda::launch_*: a real launch on the current stream, checked.
+struct StreamLauncher {
+  cudaStream_t stream;
+
+  template <typename... Params, typename... Args>
+  void operator()(dim3 grid, int block, void (*kernel)(Params...), const Args&... args) const {
+    kernel<<<grid, block, 0, stream>>>(args...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
+
+// Allocator policy of rtda_cuda::launch_*: temporaries as device tensors, alive as long as this
+// object (the caching allocator makes freeing them after the launches are enqueued safe).
+class DeviceAllocator {
+ public:
+  explicit DeviceAllocator(const at::TensorOptions& options) : options_(options) {}
+
+  template <typename T>
+  T* allocate(int64_t numel) {
+    buffers_.push_back(at::empty({numel}, options_.dtype(c10::CppTypeToScalarType<T>::value)));
+    return buffers_.back().mutable_data_ptr<T>();
+  }
+
+ private:
+  at::TensorOptions options_;
+  std::vector<at::Tensor> buffers_;
+};
 
 void check_tensor(const at::Tensor& t, const at::Tensor& x, const char* name) {
   TORCH_CHECK(t.is_cuda(), "dwsep_conv2d (CUDA): ", name, " must be a CUDA tensor");
@@ -117,26 +140,6 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& dw_weight,
   return g;
 }
 
-// Grid of the channel-mixing kernels: x = image * pixel tile, y = tile of `rows` channels.
-dim3 channel_mix_grid(const Geometry& g, int64_t rows, int64_t* pixel_tiles) {
-  *pixel_tiles = ceil_div(g.out_plane(), kTile);
-  const int64_t gx = g.n * *pixel_tiles, gy = ceil_div(rows, kTile);
-  TORCH_CHECK(gx <= std::numeric_limits<int32_t>::max() && gy <= 65535,
-              "dwsep_conv2d (CUDA): problem too large for the launch grid");
-  return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
-}
-
-unsigned grid_stride_blocks(int64_t total) {
-  return static_cast<unsigned>(std::min(ceil_div(total, kThreads), kMaxGridStrideBlocks));
-}
-
-rtda::Activation make_activation(std::optional<double> negative_slope) {
-  rtda::Activation act{};
-  act.enabled = negative_slope.has_value();
-  act.slope = negative_slope.has_value() ? static_cast<float>(*negative_slope) : 0.0f;
-  return act;
-}
-
 at::Tensor dwsep_conv2d_cuda(const at::Tensor& x_in, const at::Tensor& dw_weight_in,
                              const std::optional<at::Tensor>& dw_bias_in,
                              const at::Tensor& pw_weight_in,
@@ -154,20 +157,24 @@ at::Tensor dwsep_conv2d_cuda(const at::Tensor& x_in, const at::Tensor& dw_weight
   const Geometry g = make_geometry(x, dw_weight, pw_weight, stride, padding);
   check_bias(dw_bias, g.c_in, "dw_bias");
   check_bias(pw_bias, g.c_out, "pw_bias");
-  const rtda::Activation act = make_activation(negative_slope);
+  const rtda::Activation act = rtda::activation_of(negative_slope);
+
+  const rtda_cuda::ForwardPlan plan = rtda_cuda::plan_forward(g);
+  TORCH_CHECK(plan.fits, "dwsep_conv2d (CUDA): problem too large for the launch grid");
 
   at::Tensor y = at::empty({g.n, g.c_out, g.out_height, g.out_width}, x.options());
-  int64_t pixel_tiles = 0;
-  const dim3 grid = channel_mix_grid(g, g.c_out, &pixel_tiles);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const StreamLauncher launcher{c10::cuda::getCurrentCUDAStream()};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwsep_conv2d_cuda",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    rtda_cuda::dwsep_forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), dw_weight.const_data_ptr<scalar_t>(),
-        optional_ptr<scalar_t>(dw_bias), pw_weight.const_data_ptr<scalar_t>(),
-        optional_ptr<scalar_t>(pw_bias), y.mutable_data_ptr<scalar_t>(), g, act, pixel_tiles);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const rtda_cuda::ForwardTensors<scalar_t> tensors{
+        x.const_data_ptr<scalar_t>(),
+        dw_weight.const_data_ptr<scalar_t>(),
+        optional_ptr<scalar_t>(dw_bias),
+        pw_weight.const_data_ptr<scalar_t>(),
+        optional_ptr<scalar_t>(pw_bias),
+        y.mutable_data_ptr<scalar_t>()};
+    rtda_cuda::launch_forward<scalar_t, acc_t>(plan, g, act, tensors, launcher);
   });
   return y;
 }
@@ -192,80 +199,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwsep_con
   const at::Tensor dw_bias = optional_contiguous(dw_bias_in, x, "dw_bias");
   const Geometry g = make_geometry(x, dw_weight, pw_weight, stride, padding);
   check_bias(dw_bias, g.c_in, "dw_bias");
-  const rtda::Activation act = make_activation(negative_slope);
+  const rtda::Activation act = rtda::activation_of(negative_slope);
   const std::array<int64_t, 4> out_shape{g.n, g.c_out, g.out_height, g.out_width};
   TORCH_CHECK(grad_y.sizes() == at::IntArrayRef(out_shape) && y.sizes() == grad_y.sizes(),
               "dwsep_conv2d_backward (CUDA): grad_y and y must be N x C_out x Ho x Wo");
 
-  const at::ScalarType acc_dtype =
-      x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // == opmath_type
-  const at::TensorOptions acc_options = x.options().dtype(acc_dtype);
+  const rtda_cuda::BackwardPlan plan = rtda_cuda::plan_backward(g);
+  TORCH_CHECK(plan.fits, "dwsep_conv2d_backward (CUDA): problem too large for the launch grid");
+
   at::Tensor grad_x = at::empty(x.sizes(), x.options());
   at::Tensor grad_dw_weight = at::empty(dw_weight.sizes(), x.options());
   at::Tensor grad_dw_bias = at::empty({g.c_in}, x.options());
   at::Tensor grad_pw_weight = at::empty(pw_weight.sizes(), x.options());
   at::Tensor grad_pw_bias = at::empty({g.c_out}, x.options());
-  at::Tensor gd = at::empty({g.n, g.c_in, g.out_height, g.out_width}, acc_options);
-
-  // Splits of the n * Ho * Wo positions summed over by (c) and (d).
-  const int64_t positions = g.n * g.out_plane();
-  const rtda_cuda::PositionSplit dw_split =
-      rtda_cuda::split_positions(positions, g.c_in, kDwTargetBlocks, 1024, 1);
-  const int64_t pw_c_tiles = ceil_div(g.c_in, kTile), pw_o_tiles = ceil_div(g.c_out, kTile);
-  const rtda_cuda::PositionSplit pw_split = rtda_cuda::split_positions(
-      positions, pw_c_tiles * pw_o_tiles, kPwTargetBlocks, 256, kChunk);
-  const int64_t dw_splits = dw_split.splits, dw_slice = dw_split.slice;
-  const int64_t pw_splits = pw_split.splits, pw_slice = pw_split.slice;
-  TORCH_CHECK(g.c_in <= std::numeric_limits<int32_t>::max() && pw_o_tiles <= 65535,
-              "dwsep_conv2d_backward (CUDA): problem too large for the launch grid");
-  at::Tensor dw_partial = at::empty({dw_splits, g.c_in, g.taps() + 1}, acc_options);
-  at::Tensor pw_partial = at::empty({pw_splits, g.c_out, g.c_in + 1}, acc_options);
-
-  int64_t pixel_tiles = 0;
-  const dim3 gd_grid = channel_mix_grid(g, g.c_in, &pixel_tiles);
-  const dim3 dw_grid(static_cast<unsigned>(g.c_in), static_cast<unsigned>(dw_splits));
-  const dim3 pw_grid(static_cast<unsigned>(pw_c_tiles), static_cast<unsigned>(pw_o_tiles),
-                     static_cast<unsigned>(pw_splits));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const StreamLauncher launcher{c10::cuda::getCurrentCUDAStream()};
+  DeviceAllocator temporaries(x.options());  // gd and the partials, in the accumulation dtype
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "dwsep_conv2d_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* x_p = x.const_data_ptr<scalar_t>();
-    const scalar_t* grad_y_p = grad_y.const_data_ptr<scalar_t>();
-    const scalar_t* y_p = y.const_data_ptr<scalar_t>();
-    const scalar_t* dw_w_p = dw_weight.const_data_ptr<scalar_t>();
-    const scalar_t* dw_b_p = optional_ptr<scalar_t>(dw_bias);
-    const scalar_t* pw_w_p = pw_weight.const_data_ptr<scalar_t>();
-    acc_t* gd_p = gd.mutable_data_ptr<acc_t>();
-
-    // (a) gd = dL/dd.
-    rtda_cuda::grad_depthwise_out_kernel<scalar_t, acc_t><<<gd_grid, kThreads, 0, stream>>>(
-        grad_y_p, y_p, pw_w_p, gd_p, g, act, pixel_tiles);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // (b) grad_x.
-    rtda_cuda::grad_input_kernel<scalar_t, acc_t>
-        <<<grid_stride_blocks(grad_x.numel()), kThreads, 0, stream>>>(
-            gd_p, dw_w_p, grad_x.mutable_data_ptr<scalar_t>(), g);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // (c) grad_dw_weight, grad_dw_bias.
-    rtda_cuda::dw_grad_partial_kernel<scalar_t, acc_t><<<dw_grid, kThreads, 0, stream>>>(
-        gd_p, x_p, dw_partial.mutable_data_ptr<acc_t>(), g, dw_slice);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    rtda_cuda::finalize_partials_kernel<scalar_t, acc_t>
-        <<<grid_stride_blocks(dw_partial.numel() / dw_splits), kThreads, 0, stream>>>(
-            dw_partial.const_data_ptr<acc_t>(), dw_splits, g.c_in, g.taps() + 1,
-            grad_dw_weight.mutable_data_ptr<scalar_t>(), grad_dw_bias.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    // (d) grad_pw_weight, grad_pw_bias.
-    rtda_cuda::pw_grad_partial_kernel<scalar_t, acc_t><<<pw_grid, kThreads, 0, stream>>>(
-        grad_y_p, y_p, x_p, dw_w_p, dw_b_p, pw_partial.mutable_data_ptr<acc_t>(), g, act,
-        pw_slice);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    rtda_cuda::finalize_partials_kernel<scalar_t, acc_t>
-        <<<grid_stride_blocks(pw_partial.numel() / pw_splits), kThreads, 0, stream>>>(
-            pw_partial.const_data_ptr<acc_t>(), pw_splits, g.c_out, g.c_in + 1,
-            grad_pw_weight.mutable_data_ptr<scalar_t>(), grad_pw_bias.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const rtda_cuda::BackwardTensors<scalar_t> tensors{
+        grad_y.const_data_ptr<scalar_t>(),
+        x.const_data_ptr<scalar_t>(),
+        y.const_data_ptr<scalar_t>(),
+        dw_weight.const_data_ptr<scalar_t>(),
+        optional_ptr<scalar_t>(dw_bias),
+        pw_weight.const_data_ptr<scalar_t>(),
+        grad_x.mutable_data_ptr<scalar_t>(),
+        grad_dw_weight.mutable_data_ptr<scalar_t>(),
+        grad_dw_bias.mutable_data_ptr<scalar_t>(),
+        grad_pw_weight.mutable_data_ptr<scalar_t>(),
+        grad_pw_bias.mutable_data_ptr<scalar_t>()};
+    rtda_cuda::launch_backward<scalar_t, acc_t>(plan, g, act, tensors, launcher, temporaries);
   });
   return {grad_x, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias};
 }

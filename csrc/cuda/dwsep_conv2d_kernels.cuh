@@ -1,5 +1,9 @@
 // Device kernels of the fused depthwise-separable conv + LeakyReLU. The design (which kernel does
-// what, and why) is described at the top of dwsep_conv2d_cuda.cu, the only file including this.
+// what, and why) is described at the top of dwsep_conv2d_cuda.cu; which kernels are launched, on
+// which grids and with which arguments is dwsep_conv2d_launch.cuh, the only file including this.
+// Besides nvcc, tests/cuda_emulation/ compiles these kernels with a host compiler under a CPU
+// emulation of the CUDA execution model (tests/cuda_emulation/emu.h): use only the CUDA features
+// that emulation provides (__syncthreads, __shfl_xor_sync, __shared__, the built-in indices).
 //
 // All tensors are contiguous NCHW. `Acc` is the accumulation type (float, or double for double).
 // Every offset into an activation tensor is computed in int64_t.
@@ -28,25 +32,6 @@ struct Geometry {
   __host__ __device__ int64_t out_plane() const { return out_height * out_width; }
   __host__ __device__ int64_t taps() const { return kernel * kernel; }
 };
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// How backward (c) and (d) split their reduction over the n * Ho * Wo positions: `splits` blocks
-// per output tile, each summing `slice` consecutive positions (a multiple of `align`). Aims at
-// `target_blocks` blocks in all, but gives each at least `min_per_block` positions; this also
-// bounds the partial buffers (splits * tiles <= target_blocks unless tiles alone exceed it).
-struct PositionSplit {
-  int64_t splits, slice;
-};
-inline PositionSplit split_positions(int64_t positions, int64_t tiles, int64_t target_blocks,
-                                     int64_t min_per_block, int64_t align) {
-  int64_t splits = ceil_div(target_blocks, tiles);
-  splits = splits < 1 ? 1 : splits;
-  const int64_t most = ceil_div(positions, min_per_block);
-  splits = splits < most ? splits : most;
-  const int64_t slice = ceil_div(ceil_div(positions, splits), align) * align;
-  return {ceil_div(positions, slice), slice};  // no empty split
-}
 
 // Depthwise output d[n, c, p] (bias included) of one image, p a flat output pixel.
 template <typename Acc, typename scalar_t>

@@ -1,0 +1,220 @@
+"""The CUDA kernels of dwsep_conv2d, run without a GPU: compiled with the host g++ under a CPU
+emulation of the CUDA execution model (tests/cuda_emulation/emu.h: one OS thread per CUDA thread,
+barriers for __syncthreads and warp shuffles) and launched through the same launch plan as the
+GPU (csrc/cuda/dwsep_conv2d_launch.cuh), then compared with the float64 PyTorch reference:
+forward and all five gradients, float32 and float64.
+
+What the emulation cannot see (memory model, warp divergence, half/bfloat16 device types, the torch
+glue of dwsep_conv2d_cuda.cu) is listed in emu.h; the `cuda`-marked tests cover it on a GPU.
+The emulation is slow (every CUDA thread is an OS thread), so the shapes are tiny.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from rtda_kernels.reference.dwsep_conv2d import dwsep_conv2d as reference
+
+from .helpers import assert_close_scaled
+
+REPO = Path(__file__).resolve().parents[2]
+DRIVER = REPO / "tests" / "cuda_emulation" / "driver.cpp"
+CXXFLAGS = ["-std=c++20", "-O1", "-pthread", "-shared", "-fPIC"]
+INCLUDES = ["-I", str(REPO / "csrc" / "include"), "-I", str(REPO / "csrc" / "cuda")]
+
+# What the driver needs from the toolchain, and nothing from this repository: if this does not
+# build, the machine cannot run the test (skip); if it builds but driver.cpp does not, the code is
+# wrong (fail).
+TOOLCHAIN_PROBE = """
+#include <barrier>
+#include <optional>
+#include <thread>
+extern "C" int probe() {
+  std::optional<std::barrier<>> b;
+  b.emplace(2);
+  std::thread t([&] { b->arrive_and_wait(); });
+  b->arrive_and_wait();
+  t.join();
+  return 1;
+}
+"""
+
+# (N, C_in, C_out, H, W, k, stride, padding, negative_slope, biases)
+CASES = [
+    (1, 1, 1, 1, 1, 1, 1, 0, 0.2, True),  # 1 x 1 everything
+    (2, 3, 5, 7, 9, 3, 1, 1, 0.2, True),  # odd sizes, stride 1
+    (2, 3, 5, 7, 9, 3, 2, 2, None, False),  # stride 2, padding k - 1, no bias, no activation
+    (1, 4, 6, 11, 5, 5, 3, 4, 0.0, True),  # stride 3, k5, padding k - 1, ReLU
+    (1, 2, 3, 4, 5, 7, 1, 6, 0.2, False),  # k7 larger than the image
+    (2, 3, 2, 6, 7, 2, 2, 1, None, True),  # even kernel
+    (1, 2, 3, 9, 8, 6, 3, 5, 0.2, True),  # k6, stride 3, padding k - 1
+    (2, 70, 67, 3, 4, 3, 1, 1, 0.2, True),  # two 64-wide tiles of C_in and of C_out
+    (2, 2, 3, 23, 25, 4, 1, 2, 0.2, True),  # > 1 reduction split in backward (c) and (d)
+]
+CASE_IDS = [
+    "x".join(map(str, c[:5])) + f"-k{c[5]}s{c[6]}p{c[7]}-{c[8]}" + ("" if c[9] else "-nobias")
+    for c in CASES
+]
+DTYPES = [torch.float32, torch.float64]
+SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+@dataclass
+class Build:
+    lib: ctypes.CDLL | None
+    error: str | None  # the compiler's output when driver.cpp does not compile
+
+
+def _compile(cxx: str, source: Path, output: Path, includes: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [cxx, *CXXFLAGS, *includes, str(source), "-o", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def emulation(tmp_path_factory) -> Build:
+    """driver.cpp built once into a shared library and loaded; skips when the toolchain can't."""
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("g++ not found on PATH: cannot build the CUDA emulation")
+    build_dir = tmp_path_factory.mktemp("cuda_emulation")
+    probe_src = build_dir / "probe.cpp"
+    probe_src.write_text(TOOLCHAIN_PROBE)
+    try:
+        probe = _compile(cxx, probe_src, build_dir / "libprobe.so", [])
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"g++ could not be run: {e}")
+    if probe.returncode != 0:
+        pytest.skip(
+            "g++ cannot build a C++20 shared library using <barrier> and threads "
+            f"({' '.join(CXXFLAGS)}):\n{probe.stderr[-2000:]}"
+        )
+    library = build_dir / "libdwsep_emu.so"
+    result = _compile(cxx, DRIVER, library, INCLUDES)
+    if result.returncode != 0:
+        return Build(None, result.stderr[-6000:] or result.stdout[-6000:])
+    lib = ctypes.CDLL(str(library))
+    ptr, i64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
+    c_int, c_double = ctypes.c_int, ctypes.c_double
+    for suffix in SUFFIX.values():
+        forward = getattr(lib, f"dwsep_emu_forward_{suffix}")
+        forward.argtypes = [ptr] * 6 + [i64p, c_int, c_double]
+        forward.restype = c_int
+        backward = getattr(lib, f"dwsep_emu_backward_{suffix}")
+        backward.argtypes = [ptr] * 11 + [i64p, c_int, c_double]
+        backward.restype = c_int
+    lib.dwsep_emu_backward_plan.argtypes = [i64p, i64p]
+    lib.dwsep_emu_backward_plan.restype = c_int
+    lib.dwsep_emu_last_error.argtypes = []
+    lib.dwsep_emu_last_error.restype = ctypes.c_char_p
+    return Build(lib, None)
+
+
+def _lib(build: Build) -> ctypes.CDLL:
+    if build.lib is None:
+        pytest.fail(f"tests/cuda_emulation/driver.cpp does not compile:\n{build.error}", pytrace=False)
+    return build.lib
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _shape(case) -> ctypes.Array:
+    return (ctypes.c_int64 * 8)(*case[:8])
+
+
+def _check(lib: ctypes.CDLL, status: int, what: str) -> None:
+    assert status == 0, f"{what} failed in the emulation: {lib.dwsep_emu_last_error().decode()}"
+
+
+def _nan(*shape, dtype) -> torch.Tensor:
+    # Outputs start as NaN: an element the kernels do not write fails the comparison.
+    return torch.full(shape, float("nan"), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_emulated_cuda_kernels_match_reference(emulation, case, dtype):
+    lib = _lib(emulation)
+    n, c_in, c_out, h, w, k, s, p, slope, biases = case
+    x = torch.randn(n, c_in, h, w, dtype=torch.float64)
+    dw_weight = torch.randn(c_in, 1, k, k, dtype=torch.float64) / k
+    dw_bias = torch.randn(c_in, dtype=torch.float64) if biases else None
+    pw_weight = torch.randn(c_out, c_in, 1, 1, dtype=torch.float64) / c_in**0.5
+    pw_bias = torch.randn(c_out, dtype=torch.float64) if biases else None
+    # The kernels' inputs, and the reference's: the same values (rounded to dtype) in float64.
+    inputs = [
+        None if t is None else t.to(dtype).contiguous()
+        for t in (x, dw_weight, dw_bias, pw_weight, pw_bias)
+    ]
+    x_k, dw_weight_k, dw_bias_k, pw_weight_k, pw_bias_k = inputs
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    has_slope, slope_value = int(slope is not None), 0.0 if slope is None else slope
+    suffix = SUFFIX[dtype]
+
+    y = _nan(n, c_out, ho, wo, dtype=dtype)
+    status = getattr(lib, f"dwsep_emu_forward_{suffix}")(
+        *map(_ptr, inputs), _ptr(y), _shape(case), has_slope, slope_value
+    )
+    _check(lib, status, "forward")
+
+    grad_y = torch.randn(n, c_out, ho, wo, dtype=torch.float64).to(dtype)
+    grads = [
+        _nan(*x_k.shape, dtype=dtype),
+        _nan(*dw_weight_k.shape, dtype=dtype),
+        _nan(c_in, dtype=dtype),
+        _nan(*pw_weight_k.shape, dtype=dtype),
+        _nan(c_out, dtype=dtype),
+    ]
+    status = getattr(lib, f"dwsep_emu_backward_{suffix}")(
+        _ptr(grad_y), _ptr(x_k), _ptr(y), _ptr(dw_weight_k), _ptr(dw_bias_k), _ptr(pw_weight_k),
+        *map(_ptr, grads), _shape(case), has_slope, slope_value,
+    )  # fmt: skip
+    _check(lib, status, "backward")
+
+    # Reference in float64. The kernels always produce both bias gradients (the op drops those of
+    # absent biases), so an absent bias is a zero one here. dL/dz takes its mask from the kernels'
+    # own y, as the op defines it.
+    ref_inputs = [
+        x_k.double(),
+        dw_weight_k.double(),
+        torch.zeros(c_in, dtype=torch.float64) if dw_bias_k is None else dw_bias_k.double(),
+        pw_weight_k.double(),
+        torch.zeros(c_out, dtype=torch.float64) if pw_bias_k is None else pw_bias_k.double(),
+    ]
+    for t in ref_inputs:
+        t.requires_grad_(True)
+    z_ref = reference(*ref_inputs, stride=s, padding=p)
+    y_ref = z_ref if slope is None else torch.nn.functional.leaky_relu(z_ref, slope)
+    assert_close_scaled(y, y_ref, dtype, "y")
+    grad_z = grad_y.double()
+    if slope is not None:
+        grad_z = torch.where(y.double() > 0, grad_z, grad_z * slope)
+    grads_ref = torch.autograd.grad(z_ref, ref_inputs, grad_z)
+    names = ["x", "dw_weight", "dw_bias", "pw_weight", "pw_bias"]
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        assert_close_scaled(g, g_ref, dtype, f"grad {name}")
+
+
+def test_cases_cover_tiles_and_splits(emulation):
+    """The shapes above reach the multi-tile and multi-split paths of the backward launch plan."""
+    lib = _lib(emulation)
+    plans = []
+    for case in CASES:
+        out = (ctypes.c_int64 * 4)()
+        _check(lib, lib.dwsep_emu_backward_plan(_shape(case), out), "backward plan")
+        plans.append(list(out))  # dw splits, pw splits, C_in tiles, C_out tiles
+    assert any(plan[0] > 1 for plan in plans), plans
+    assert any(plan[1] > 1 for plan in plans), plans
+    assert any(plan[2] > 1 and plan[3] > 1 for plan in plans), plans
