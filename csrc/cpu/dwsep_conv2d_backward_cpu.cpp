@@ -160,7 +160,7 @@ void backward_kernel(const Geometry& g, const Activation act, const at::Tensor& 
         }
       }
       gemm_nn<acc_t>(g.in_channels, all, g.out_channels, pw_t.template const_data_ptr<acc_t>(),
-                     g.out_channels, gzp, all, gd_buf.data(), all);
+                     g.out_channels, gzp, all, StoreOverwrite<acc_t>{gd_buf.data(), all});
 
       const scalar_t* x_image = x_ptr + n * g.in_channels * plane_in;
       // Recompute the depthwise tile; while a channel's input rows are loaded, also accumulate
@@ -180,8 +180,8 @@ void backward_kernel(const Geometry& g, const Activation act, const at::Tensor& 
       // GEMM after a transpose when C_out fills its column blocks, else dot products.
       if (g.out_channels >= kGemmMinColumns) {
         transpose<acc_t>(g.out_channels, own, gzp + own_off, all, gz_t.data(), g.out_channels);
-        gemm_nn<acc_t, true>(g.in_channels, g.out_channels, own, d_buf.data(), own, gz_t.data(),
-                             g.out_channels, gpw_t, g.out_channels);
+        gemm_nn<acc_t>(g.in_channels, g.out_channels, own, d_buf.data(), own, gz_t.data(),
+                       g.out_channels, StoreAdd<acc_t>{gpw_t, g.out_channels});
       } else {
         gemm_nt_acc<acc_t>(g.in_channels, g.out_channels, own, d_buf.data(), own, gzp + own_off,
                            all, gpw_t, g.out_channels);

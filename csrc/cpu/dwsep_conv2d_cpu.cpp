@@ -61,6 +61,20 @@ void write_output_row(const acc_t* __restrict__ z, acc_t bias, TypedLeakyReLU<ac
   for (; t < count; ++t) y[t] = static_cast<scalar_t>(act.apply(z[t] + bias));
 }
 
+// The forward's GEMM store: output channel o, pixels [col, col + count) of the tile go to y
+// with the pointwise bias and the activation applied, straight from the GEMM's registers.
+template <typename scalar_t, typename acc_t>
+struct OutputStore {
+  scalar_t* y_tile;  // y[n, 0, first pixel of the tile]
+  int64_t plane;     // Ho * Wo
+  const acc_t* bias;
+  TypedLeakyReLU<acc_t> act;
+  bool stream;
+  void operator()(int64_t o, int64_t col, const acc_t* values, int64_t count) const {
+    write_output_row<scalar_t, acc_t>(values, bias[o], act, count, stream, y_tile + o * plane + col);
+  }
+};
+
 template <typename scalar_t>
 void forward_kernel(const Geometry& g, const at::Tensor& x, const at::Tensor& dw_weight,
                     const std::optional<at::Tensor>& dw_bias, const at::Tensor& pw_weight,
@@ -82,7 +96,6 @@ void forward_kernel(const Geometry& g, const at::Tensor& x, const at::Tensor& dw
   const bool stream = y.nbytes() >= kStreamingStoreBytes;
   at::parallel_for(0, g.batch * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> d_buf(g.in_channels * rows * g.out_width);
-    std::vector<acc_t> z_buf(g.out_channels * rows * g.out_width);
     const acc_t* pw = prm.pw.template const_data_ptr<acc_t>();
     PlanePhases<acc_t> phases(g, rows);
     const TypedLeakyReLU<acc_t> a = act.as<acc_t>();  // hoisted: the loops below vectorise
@@ -95,14 +108,11 @@ void forward_kernel(const Geometry& g, const at::Tensor& x, const at::Tensor& dw
                                       prm.dw.template const_data_ptr<acc_t>(),
                                       prm.dw_bias.template const_data_ptr<acc_t>(), oh0, oh1,
                                       d_buf.data(), pixels, phases, [](int64_t, const auto&) {});
+      const OutputStore<scalar_t, acc_t> store{
+          y_ptr + n * g.out_channels * plane_out + oh0 * g.out_width, plane_out,
+          pw_b.template const_data_ptr<acc_t>(), a, stream};
       gemm_nn<acc_t>(g.out_channels, pixels, g.in_channels, pw, g.in_channels, d_buf.data(),
-                     pixels, z_buf.data(), pixels);
-      const acc_t* zp = z_buf.data();
-      const acc_t* bp = pw_b.template const_data_ptr<acc_t>();
-      for (int64_t o = 0; o < g.out_channels; ++o) {
-        scalar_t* yrow = y_ptr + (n * g.out_channels + o) * plane_out + oh0 * g.out_width;
-        write_output_row<scalar_t, acc_t>(zp + o * pixels, bp[o], a, pixels, stream, yrow);
-      }
+                     pixels, store);
     }
     store_fence();  // order this thread's streaming stores before the caller reads y
   });

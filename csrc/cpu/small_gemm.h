@@ -79,16 +79,34 @@ inline void stream_vec(float* p, Vec<float> v) { store_vec(p, v); }
 inline void store_fence() {}
 #endif
 
-// C[MR x NR] (+)= A[MR x K] @ B[K x NR] (row-major, leading dimensions lda, ldb, ldc).
-template <typename T, int MR, int NR, bool Accumulate>
-inline void gemm_nn_block(int64_t k_size, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
-                          int64_t ldc) {
-  T acc[MR][NR] = {};
-  if constexpr (Accumulate) {
-    for (int r = 0; r < MR; ++r) {
-      for (int t = 0; t < NR; ++t) acc[r][t] = c[r * ldc + t];
-    }
+// The GEMMs below hand every finished piece of C = A @ B to a store: store(row, col, values,
+// count) receives C[row, col .. col + count). These two write it to a row-major matrix; the
+// forward kernel's store applies bias and activation and writes the output directly.
+template <typename T>
+struct StoreOverwrite {
+  T* c;
+  int64_t ldc;
+  void operator()(int64_t row, int64_t col, const T* values, int64_t count) const {
+    std::copy(values, values + count, c + row * ldc + col);
   }
+};
+
+template <typename T>
+struct StoreAdd {
+  T* c;
+  int64_t ldc;
+  void operator()(int64_t row, int64_t col, const T* values, int64_t count) const {
+    T* __restrict__ dst = c + row * ldc + col;
+    for (int64_t t = 0; t < count; ++t) dst[t] += values[t];
+  }
+};
+
+// Rows [row0, row0 + MR) x columns [col0, col0 + NR) of A[. x K] @ B[K x .] (row-major,
+// leading dimensions lda, ldb; a and b point at the block's first row and column).
+template <typename T, int MR, int NR, typename Store>
+inline void gemm_nn_block(int64_t k_size, const T* a, int64_t lda, const T* b, int64_t ldb,
+                          int64_t row0, int64_t col0, const Store& store) {
+  T acc[MR][NR] = {};
   for (int64_t k = 0; k < k_size; ++k) {
     const T* __restrict__ brow = b + k * ldb;
     for (int r = 0; r < MR; ++r) {
@@ -96,43 +114,37 @@ inline void gemm_nn_block(int64_t k_size, const T* a, int64_t lda, const T* b, i
       for (int t = 0; t < NR; ++t) acc[r][t] += av * brow[t];
     }
   }
-  for (int r = 0; r < MR; ++r) {
-    for (int t = 0; t < NR; ++t) c[r * ldc + t] = acc[r][t];
-  }
+  for (int r = 0; r < MR; ++r) store(row0 + r, col0, acc[r], NR);
 }
 
-// Edge blocks (fewer than NR columns left): plain loops.
-template <typename T, bool Accumulate>
+// Edge blocks (cols < NR columns left): plain loops.
+template <typename T, int NR, typename Store>
 inline void gemm_nn_edge(int64_t rows, int64_t cols, int64_t k_size, const T* a, int64_t lda,
-                         const T* b, int64_t ldb, T* c, int64_t ldc) {
+                         const T* b, int64_t ldb, int64_t col0, const Store& store) {
   for (int64_t r = 0; r < rows; ++r) {
-    T* __restrict__ crow = c + r * ldc;
-    if constexpr (!Accumulate) std::fill(crow, crow + cols, T(0));
+    T acc[NR] = {};
     for (int64_t k = 0; k < k_size; ++k) {
       const T av = a[r * lda + k];
       const T* __restrict__ brow = b + k * ldb;
-      for (int64_t t = 0; t < cols; ++t) crow[t] += av * brow[t];
+      for (int64_t t = 0; t < cols; ++t) acc[t] += av * brow[t];
     }
+    store(r, col0, acc, cols);
   }
 }
 
-// C[M x N] (+)= A[M x K] @ B[K x N]. Column blocks outside, so a K x NR panel of B stays in L1
-// while every row block of A passes over it.
-template <typename T, bool Accumulate = false>
+// C[M x N] = A[M x K] @ B[K x N], handed to `store`. Column blocks outside, so a K x NR panel of
+// B stays in L1 while every row block of A passes over it.
+template <typename T, typename Store>
 void gemm_nn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
-             T* c, int64_t ldc) {
+             const Store& store) {
   constexpr int MR = kGemmRows, NR = 2 * kVectorBytes / static_cast<int>(sizeof(T));
   int64_t j = 0;
   for (; j + NR <= n; j += NR) {
     int64_t i = 0;
-    for (; i + MR <= m; i += MR) {
-      gemm_nn_block<T, MR, NR, Accumulate>(k, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
-    }
-    for (; i < m; ++i) {
-      gemm_nn_block<T, 1, NR, Accumulate>(k, a + i * lda, lda, b + j, ldb, c + i * ldc + j, ldc);
-    }
+    for (; i + MR <= m; i += MR) gemm_nn_block<T, MR, NR>(k, a + i * lda, lda, b + j, ldb, i, j, store);
+    for (; i < m; ++i) gemm_nn_block<T, 1, NR>(k, a + i * lda, lda, b + j, ldb, i, j, store);
   }
-  if (j < n) gemm_nn_edge<T, Accumulate>(m, n - j, k, a, lda, b + j, ldb, c + j, ldc);
+  if (j < n) gemm_nn_edge<T, NR>(m, n - j, k, a, lda, b + j, ldb, j, store);
 }
 
 // C[MR x NR] += A[MR x K] @ B[NR x K]^T: dot products over K, V lanes at a time.
