@@ -20,8 +20,10 @@
 
 namespace rtda::cpu {
 
-// Pixels per tile: big enough for an efficient GEMM, small enough for the buffers to stay in L2.
-constexpr int64_t kTargetTilePixels = 1024;
+// Tile size: the depthwise tile (and, in backward, the gradient buffers) stay in L2, and bigger
+// tiles re-read fewer halo input rows.
+constexpr int64_t kTileBytes = 256 << 10;
+constexpr int64_t kMinTilePixels = 512;
 
 struct Geometry {
   int64_t batch, in_channels, out_channels, height, width, kernel, stride, padding;
@@ -204,8 +206,11 @@ struct Params {
   }
 };
 
+// Output rows per tile: about kTileBytes of depthwise output (C_in channels of acc_t), at least
+// kMinTilePixels pixels for an efficient GEMM, and at least `minimum` rows.
 inline int64_t rows_per_tile(const Geometry& g, int64_t minimum) {
-  const int64_t rows = (kTargetTilePixels + g.out_width - 1) / g.out_width;
+  const int64_t pixels = std::max(kMinTilePixels, kTileBytes / (4 * g.in_channels));
+  const int64_t rows = (pixels + g.out_width - 1) / g.out_width;
   return std::min(g.out_height, std::max(rows, minimum));
 }
 

@@ -121,14 +121,14 @@ def test_without_biases(backend):
     check_against_reference(backend, CASES[1], torch.float32, bias=False)
 
 
-# Wide images: the CPU kernels split them into many tiles (forward) and bands of output rows with
-# halo rows (backward), ~1024 output pixels each; these cases cross many band boundaries.
+# Many channels: the CPU kernels split these images into several tiles (forward) and bands of
+# output rows with halo rows (backward), 512 output pixels each at 128 channels.
 MANY_BANDS = [
-    (1, 3, 4, 40, 600, 3, 1, 1, 0.2),
-    (2, 4, 5, 37, 1100, 4, 2, 1, 0.2),
-    (1, 2, 3, 30, 1030, 7, 1, 6, None),
-    (1, 3, 2, 50, 3000, 5, 3, 2, 0.1),
-    (1, 2, 2, 21, 2100, 2, 2, 0, 0.0),
+    (1, 128, 4, 24, 100, 3, 1, 1, 0.2),
+    (2, 128, 5, 75, 60, 4, 2, 1, 0.2),
+    (1, 128, 3, 40, 70, 7, 1, 6, None),
+    (1, 128, 2, 80, 150, 5, 3, 2, 0.1),
+    (1, 128, 2, 81, 60, 2, 2, 0, 0.0),
 ]
 
 
