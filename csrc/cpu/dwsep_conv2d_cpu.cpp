@@ -42,7 +42,7 @@ constexpr size_t kStreamingStoreBytes = size_t(8) << 20;
 // y[t] = activation(z[t] + bias) for one output row, in y's dtype; for float with `stream`,
 // aligned full vectors go out as non-temporal stores.
 template <typename scalar_t, typename acc_t>
-void write_output_row(const acc_t* __restrict__ z, acc_t bias, TypedLeakyReLU<acc_t> act,
+inline __attribute__((always_inline)) void write_output_row(const acc_t* __restrict__ z, acc_t bias, TypedLeakyReLU<acc_t> act,
                       int64_t count, bool stream, scalar_t* __restrict__ y) {
   int64_t t = 0;
   if constexpr (std::is_same_v<scalar_t, float> && kStreamingStores) {
