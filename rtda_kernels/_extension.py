@@ -5,6 +5,8 @@ build is not fatal: the ``reference`` (and ``triton``) backends still work, and
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 COMPILED_ERROR: str | None
@@ -16,6 +18,7 @@ except ImportError as exc:  # not built, or built against another torch
     COMPILED_ERROR = f"the compiled extension rtda_kernels._C could not be imported ({exc})"
 
 
+@functools.cache  # registrations happen when _C is imported and never change afterwards
 def has_compiled_kernel(op: str, dispatch_key: str) -> bool:
     """Whether the compiled library registered ``rtda_kernels::<op>`` for ``dispatch_key``."""
     if COMPILED_ERROR is not None:

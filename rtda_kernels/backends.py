@@ -10,6 +10,7 @@ rather than silently running something else.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ class BackendInfo:
         return f"{self.name}: {'available' if self.available else 'missing'} ({self.detail})"
 
 
+@functools.cache  # asked on every call of an op: look the package up once
 def _triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
@@ -108,11 +110,15 @@ def _supports_device(name: str, device: torch.device) -> bool:
 
 
 def _automatic(device: torch.device) -> str:
-    infos = available_backends()
-    order = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}.get(device.type, ())
-    for name in order:
-        if infos[name].available and _supports_device(name, device):
-            return name
+    """cpu for CPU tensors; cuda, else triton, for CUDA tensors; reference otherwise (or when the
+    compiled library is missing). Kept cheap: it runs on every call of an op."""
+    if device.type == "cpu" and _extension.COMPILED_ERROR is None:
+        return "cpu"
+    if device.type == "cuda":
+        if _extension.has_compiled_kernel("dwsep_conv2d", "CUDA"):
+            return "cuda"
+        if _triton_installed():
+            return "triton"
     return "reference"
 
 
