@@ -16,4 +16,24 @@ TORCH_LIBRARY(rtda_kernels, m) {
       "dwsep_conv2d_backward(Tensor grad_y, Tensor x, Tensor y, Tensor dw_weight, "
       "Tensor? dw_bias, Tensor pw_weight, int stride, int padding, float? negative_slope) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
+  // Pixel-wise binary cross-entropy with logits of `logits` (N x C x h x w) bilinearly resized
+  // (align_corners=False) to output_size = [H, W] on the fly, against `target` (an N x C x H x W
+  // tensor) or, when target is None, the constant `target_value`. reduction: 0 none, 1 mean,
+  // 2 sum (at::Reduction). Returns (loss, grad_logits): loss is the N x C x H x W map (none) or a
+  // 0-dim tensor; grad_logits = d loss / d logits (shape of logits) when compute_grad and the
+  // reduction is mean or sum, else an empty tensor (0,). Everything in the dtype of logits.
+  m.def(
+      "adversarial_loss(Tensor logits, Tensor? target, float target_value, int[] output_size, "
+      "int reduction, bool compute_grad) -> (Tensor, Tensor)");
+  // reduction none: the gradient of sum(grad_loss * loss_map) w.r.t. logits.
+  m.def(
+      "adversarial_loss_backward(Tensor grad_loss, Tensor logits, Tensor? target, "
+      "float target_value, int[] output_size) -> Tensor");
+  // Eq. (1): 0.5 * (mean loss(d_source, source_label) + mean loss(d_target, target_label)), both
+  // maps resized to output_size. Returns (loss, grad_source, grad_target), the gradients of the
+  // 0-dim loss when compute_grad, else empty tensors (0,).
+  m.def(
+      "discriminator_loss(Tensor d_source, Tensor d_target, float source_label, "
+      "float target_label, int[] output_size, bool compute_grad) -> (Tensor, Tensor, Tensor)");
 }

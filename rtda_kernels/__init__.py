@@ -2,6 +2,7 @@
 
     import rtda_kernels
     y = rtda_kernels.dwsep_conv2d(x, dw_w, dw_b, pw_w, pw_b, stride=2, padding=1, negative_slope=0.2)
+    loss = rtda_kernels.adversarial_loss(d_map, 1.0, output_size=(512, 1024))
 
 Backends: ``reference`` (plain PyTorch), ``cpu`` (C++), ``triton`` and ``cuda``; see
 ``available_backends()`` and ``use_backend()``.
@@ -10,11 +11,13 @@ Backends: ``reference`` (plain PyTorch), ``cpu`` (C++), ``triton`` and ``cuda``;
 from rtda_kernels import _extension  # noqa: F401  (loads the compiled ops first)
 from rtda_kernels import nn, reference
 from rtda_kernels.backends import BACKENDS, available_backends, select_backend, use_backend
-from rtda_kernels.functional import dwsep_conv2d
+from rtda_kernels.functional import adversarial_loss, discriminator_loss, dwsep_conv2d
 
 __all__ = [
     "BACKENDS",
+    "adversarial_loss",
     "available_backends",
+    "discriminator_loss",
     "dwsep_conv2d",
     "nn",
     "reference",

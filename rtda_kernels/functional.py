@@ -3,10 +3,14 @@ backend chosen by ``rtda_kernels.backends`` (device, ``use_backend`` or ``RTDA_K
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 
 from rtda_kernels import _checks, reference
 from rtda_kernels.backends import select_backend
+from rtda_kernels.ops import adversarial_loss as _loss_ops
 from rtda_kernels.ops import dwsep_conv2d as _dwsep_ops
 
 # dtypes each backend computes (accumulating in float32, or float64 for float64).
@@ -18,10 +22,10 @@ _DTYPES = {
 }
 
 
-def _check_backend_dtype(backend: str, dtype: torch.dtype) -> None:
+def _check_backend_dtype(backend: str, dtype: torch.dtype, name: str = "x") -> None:
     if dtype not in _DTYPES[backend]:
         raise TypeError(
-            f"x has dtype {dtype}, which the {backend!r} backend does not support "
+            f"{name} has dtype {dtype}, which the {backend!r} backend does not support "
             f"(supported: {_DTYPES[backend]})"
         )
 
@@ -85,3 +89,118 @@ def dwsep_conv2d(
         )
     op = _dwsep_ops.triton_forward if backend == "triton" else _dwsep_ops.compiled_forward
     return op(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, slope)
+
+
+_REDUCTIONS = {
+    "none": _loss_ops.REDUCE_NONE,
+    "mean": _loss_ops.REDUCE_MEAN,
+    "sum": _loss_ops.REDUCE_SUM,
+}
+
+
+def _check_logits(name: str, logits: object) -> torch.Tensor:
+    _checks.tensor(name, logits, dims=4)
+    if logits.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(logits.shape)}")
+    return logits
+
+
+def _check_output_size(output_size: object, logits: torch.Tensor) -> list[int]:
+    """``None`` (the logits' own size) or a pair of ints >= 1."""
+    if output_size is None:
+        return [int(logits.shape[2]), int(logits.shape[3])]
+    if not isinstance(output_size, (tuple, list, torch.Size)) or len(output_size) != 2:
+        raise ValueError(f"output_size must be None or a pair (H, W), got {output_size!r}")
+    for axis, value in zip("HW", output_size):
+        _checks.integer(f"output_size {axis}", value, minimum=1)
+    return [int(output_size[0]), int(output_size[1])]
+
+
+def _check_label(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float (a domain label, usually 0.0 or 1.0), got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def adversarial_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor | float,
+    *,
+    output_size: Sequence[int] | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Binary cross-entropy with logits, pixel by pixel, of a discriminator's map against a domain
+    label, optionally after bilinear upsampling, fused.
+
+    ``logits`` is N x C x h x w (C is usually 1). ``target`` is a float label (source 0.0, target
+    1.0) or a tensor shaped like the loss map. With ``output_size=(H, W)`` the result equals the
+    loss over ``F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)``, but the
+    upsampled map is never materialised, in forward or in backward. ``reduction``: "mean", "sum"
+    or "none" (the N x C x H x W map). float16/bfloat16 inputs are computed in float32.
+    Differentiable in ``logits``; ``target`` is a label and gets no gradient.
+    """
+    _check_logits("logits", logits)
+    size = _check_output_size(output_size, logits)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {tuple(_REDUCTIONS)}, got {reduction!r}")
+    if isinstance(target, torch.Tensor):
+        _checks.tensor("target", target)
+        expected = (logits.shape[0], logits.shape[1], *size)
+        _checks.shape("target", target, expected, "the loss map N x C x H x W")
+        _checks.same_dtype_and_device("logits", logits, target=target)
+        if target.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                "target requires grad, but it is a label and gets no gradient: pass target.detach()"
+            )
+        target_tensor, value = target, 0.0
+    else:
+        target_tensor, value = None, _check_label("target", target)
+    backend = select_backend(logits.device)
+    _check_backend_dtype(backend, logits.dtype, "logits")
+    if backend == "reference":
+        return reference.adversarial_loss(
+            logits, target, output_size=size, reduction=reduction
+        )
+    code = _REDUCTIONS[reduction]
+    compute_grad = code != _loss_ops.REDUCE_NONE and torch.is_grad_enabled() and logits.requires_grad
+    op = _loss_ops.triton_loss if backend == "triton" else _loss_ops.compiled_loss
+    loss, _ = op(logits, target_tensor, value, size, code, compute_grad)
+    return loss
+
+
+def discriminator_loss(
+    d_source: torch.Tensor,
+    d_target: torch.Tensor,
+    *,
+    source_label: float = 0.0,
+    target_label: float = 1.0,
+    output_size: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """The discriminator's loss, Eq. (1) of the paper, in one fused call:
+    ``0.5 * (adversarial_loss(d_source, source_label) + adversarial_loss(d_target, target_label))``
+    with mean reductions, both maps upsampled to ``output_size`` when given. The forward pass also
+    computes both gradients (when they are needed), so backward only scales them."""
+    _check_logits("d_source", d_source)
+    _check_logits("d_target", d_target)
+    _checks.same_dtype_and_device("d_source", d_source, d_target=d_target)
+    if output_size is None and d_source.shape[2:] != d_target.shape[2:]:
+        raise ValueError(
+            "d_source and d_target have different spatial sizes "
+            f"{tuple(d_source.shape[2:])} and {tuple(d_target.shape[2:])}: pass output_size"
+        )
+    size = _check_output_size(output_size, d_source)
+    source_value = _check_label("source_label", source_label)
+    target_value = _check_label("target_label", target_label)
+    backend = select_backend(d_source.device)
+    _check_backend_dtype(backend, d_source.dtype, "d_source")
+    if backend == "reference":
+        return reference.discriminator_loss(
+            d_source, d_target, source_label=source_value, target_label=target_value,
+            output_size=size,
+        )
+    compute_grad = torch.is_grad_enabled() and (d_source.requires_grad or d_target.requires_grad)
+    op = _loss_ops.triton_discriminator if backend == "triton" else _loss_ops.compiled_discriminator
+    loss, _, _ = op(d_source, d_target, source_value, target_value, size, compute_grad)
+    return loss

@@ -11,73 +11,16 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 namespace rtda::cpu {
 
 // Register blocking of gemm_nn: MR rows x (two vectors of) NR columns of accumulators, half the
 // vector register file (AVX-512: 32 registers of 64 bytes; AVX2 and others: 16 of 32 bytes).
-#if defined(__AVX512F__)
-constexpr int kVectorBytes = 64;
-constexpr int kGemmRows = 8;
-#else
-constexpr int kVectorBytes = 32;
-constexpr int kGemmRows = 4;
-#endif
+constexpr int kGemmRows = kVectorBytes == 64 ? 8 : 4;
 
 // Below this many columns gemm_nn runs its plain edge loops only.
 constexpr int kGemmMinColumns = 2 * kVectorBytes / 4;
-
-// One SIMD vector of T (GCC/Clang vector extension; split by the compiler where narrower).
-// (Attributes on a dependent alias template are ignored, hence one typedef per type.)
-template <typename T>
-struct VecOf;
-template <>
-struct VecOf<float> {
-  typedef float type __attribute__((vector_size(kVectorBytes)));
-};
-template <>
-struct VecOf<double> {
-  typedef double type __attribute__((vector_size(kVectorBytes)));
-};
-template <typename T>
-using Vec = typename VecOf<T>::type;
-static_assert(sizeof(Vec<float>) == kVectorBytes && sizeof(Vec<double>) == kVectorBytes);
-
-template <typename T>
-constexpr int lanes() {
-  return kVectorBytes / static_cast<int>(sizeof(T));
-}
-
-template <typename T>
-inline Vec<T> load_vec(const T* p) {  // unaligned
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-template <typename T>
-inline void store_vec(T* p, Vec<T> v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-
-// Non-temporal store of a float vector to a kVectorBytes-aligned address, and the fence that
-// orders such stores; where the instruction set has none, plain stores (kStreamingStores false).
-#if defined(__AVX512F__)
-constexpr bool kStreamingStores = true;
-inline void stream_vec(float* p, Vec<float> v) { _mm512_stream_ps(p, v); }
-inline void store_fence() { _mm_sfence(); }
-#elif defined(__AVX__)
-constexpr bool kStreamingStores = true;
-inline void stream_vec(float* p, Vec<float> v) { _mm256_stream_ps(p, v); }
-inline void store_fence() { _mm_sfence(); }
-#else
-constexpr bool kStreamingStores = false;
-inline void stream_vec(float* p, Vec<float> v) { store_vec(p, v); }
-inline void store_fence() {}
-#endif
 
 // The GEMMs below hand every finished piece of C = A @ B to a store: store(row, col, values,
 // count) receives C[row, col .. col + count). These two write it to a row-major matrix; the

@@ -1,6 +1,7 @@
 """Plain PyTorch implementations of every op: the source of truth for tests, benchmarks and the
 ``reference`` backend. They materialise every intermediate and rely on PyTorch's autograd."""
 
+from rtda_kernels.reference.adversarial_loss import adversarial_loss, discriminator_loss
 from rtda_kernels.reference.dwsep_conv2d import dwsep_conv2d
 
-__all__ = ["dwsep_conv2d"]
+__all__ = ["adversarial_loss", "discriminator_loss", "dwsep_conv2d"]

@@ -8,6 +8,8 @@
 
 #include <optional>
 
+#include <c10/util/ArrayRef.h>
+
 #include "rtda/dwsep_math.h"
 
 namespace rtda {
@@ -36,6 +38,29 @@ inline void check_dwsep_args(const at::Tensor& x, const at::Tensor& dw_weight,
   TORCH_CHECK(dw_weight.scalar_type() == x.scalar_type() &&
                   pw_weight.scalar_type() == x.scalar_type(),
               "dwsep_conv2d: weights must have the dtype of x");
+}
+
+// The loss-map shape N x C x H x W of logits N x C x h x w resized to output_size = [H, W].
+inline void check_loss_map(const char* name, const at::Tensor& map, const at::Tensor& logits,
+                           at::IntArrayRef output_size) {
+  TORCH_CHECK(map.dim() == 4 && map.size(0) == logits.size(0) && map.size(1) == logits.size(1) &&
+                  map.size(2) == output_size[0] && map.size(3) == output_size[1],
+              "adversarial_loss: ", name, " must have the loss map's shape N x C x H x W, got ",
+              map.sizes());
+  TORCH_CHECK(map.scalar_type() == logits.scalar_type(), "adversarial_loss: ", name,
+              " must have the dtype of the logits");
+}
+
+inline void check_adversarial_args(const at::Tensor& logits, const std::optional<at::Tensor>& target,
+                                   at::IntArrayRef output_size, int64_t reduction) {
+  TORCH_CHECK(logits.dim() == 4 && logits.numel() > 0,
+              "adversarial_loss: logits must be a non-empty N x C x h x w tensor, got ",
+              logits.sizes());
+  TORCH_CHECK(output_size.size() == 2 && output_size[0] >= 1 && output_size[1] >= 1,
+              "adversarial_loss: output_size must be [H, W] with H, W >= 1, got ", output_size);
+  TORCH_CHECK(reduction >= 0 && reduction <= 2,
+              "adversarial_loss: reduction must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+  if (target.has_value()) check_loss_map("target", *target, logits, output_size);
 }
 
 inline Activation activation_of(std::optional<double> negative_slope) {

@@ -1,0 +1,172 @@
+"""Registration of the pixel-wise adversarial losses with torch.library.
+
+The compiled ops ``rtda_kernels::adversarial_loss``, ``::adversarial_loss_backward`` and
+``::discriminator_loss`` (schemas and their contract in csrc/registration.cpp) get fake kernels
+and autograd here; the Triton kernels become custom ops with the same schemas and a ``_triton``
+suffix.
+
+For the mean and sum reductions the forward op also returns the gradient of the (0-dim) loss
+w.r.t. the logits when asked (``compute_grad``): the kernel has every term it needs at hand
+(sigmoid(u) reuses the exp of the loss), so backward is only ``saved_grad * grad_output`` on the
+small low-resolution map. The per-pixel reduction ("none") has a backward op of its own; an op
+called directly without compute_grad recomputes the gradient in backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from rtda_kernels import _extension
+
+REDUCE_NONE, REDUCE_MEAN, REDUCE_SUM = 0, 1, 2
+
+
+def _fake_loss(logits, target, target_value, output_size, reduction, compute_grad):
+    n, c = logits.shape[:2]
+    if reduction == REDUCE_NONE:
+        return logits.new_empty((n, c, *output_size)), logits.new_empty((0,))
+    grad = logits.new_empty(logits.shape) if compute_grad else logits.new_empty((0,))
+    return logits.new_empty(()), grad
+
+
+def _fake_loss_backward(grad_loss, logits, target, target_value, output_size):
+    return logits.new_empty(logits.shape)
+
+
+def _fake_discriminator(d_source, d_target, source_label, target_label, output_size, compute_grad):
+    if compute_grad:
+        return d_source.new_empty(()), d_source.new_empty(d_source.shape), d_target.new_empty(d_target.shape)
+    return d_source.new_empty(()), d_source.new_empty((0,)), d_target.new_empty((0,))
+
+
+def _setup_loss(ctx, inputs, output) -> None:
+    logits, target, target_value, output_size, reduction, compute_grad = inputs
+    loss, grad = output
+    ctx.mark_non_differentiable(grad)
+    ctx.params = (target_value, output_size, reduction)
+    ctx.precomputed = compute_grad and reduction != REDUCE_NONE
+    # The per-pixel loss (or an op called without compute_grad) recomputes in backward.
+    ctx.save_for_backward(*((grad,) if ctx.precomputed else (logits, target)))
+
+
+def _loss_backward(loss_op: Callable, backward_op: Callable) -> Callable:
+    def backward(ctx, grad_loss: Tensor, _unused: Tensor):
+        target_value, output_size, reduction = ctx.params
+        if ctx.precomputed:
+            (grad,) = ctx.saved_tensors
+        elif reduction == REDUCE_NONE:
+            logits, target = ctx.saved_tensors
+            return (
+                backward_op(grad_loss.contiguous(), logits, target, target_value, output_size),
+                None, None, None, None, None,
+            )
+        else:
+            logits, target = ctx.saved_tensors
+            _, grad = loss_op(logits, target, target_value, output_size, reduction, True)
+        return grad * grad_loss, None, None, None, None, None
+
+    return backward
+
+
+def _setup_discriminator(ctx, inputs, output) -> None:
+    d_source, d_target, source_label, target_label, output_size, compute_grad = inputs
+    _, grad_source, grad_target = output
+    ctx.mark_non_differentiable(grad_source, grad_target)
+    ctx.precomputed = compute_grad
+    ctx.params = (source_label, target_label, output_size)
+    ctx.save_for_backward(*((grad_source, grad_target) if compute_grad else (d_source, d_target)))
+
+
+def _discriminator_backward(discriminator_op: Callable) -> Callable:
+    def backward(ctx, grad_loss: Tensor, _unused_s: Tensor, _unused_t: Tensor):
+        if ctx.precomputed:
+            grad_source, grad_target = ctx.saved_tensors
+        else:
+            _, grad_source, grad_target = discriminator_op(*ctx.saved_tensors, *ctx.params, True)
+        return grad_source * grad_loss, grad_target * grad_loss, None, None, None, None
+
+    return backward
+
+
+def _register(
+    loss: str, loss_backward: str, discriminator: str, ops: tuple[Callable, Callable, Callable]
+) -> None:
+    loss_op, backward_op, discriminator_op = ops
+    torch.library.register_fake(loss)(_fake_loss)
+    torch.library.register_fake(loss_backward)(_fake_loss_backward)
+    torch.library.register_fake(discriminator)(_fake_discriminator)
+    torch.library.register_autograd(
+        loss, _loss_backward(loss_op, backward_op), setup_context=_setup_loss
+    )
+    torch.library.register_autograd(
+        discriminator, _discriminator_backward(discriminator_op), setup_context=_setup_discriminator
+    )
+
+
+compiled_loss: Callable | None = None
+compiled_discriminator: Callable | None = None
+if _extension.COMPILED_ERROR is None:
+    compiled_loss = torch.ops.rtda_kernels.adversarial_loss
+    compiled_discriminator = torch.ops.rtda_kernels.discriminator_loss
+    _register(
+        "rtda_kernels::adversarial_loss",
+        "rtda_kernels::adversarial_loss_backward",
+        "rtda_kernels::discriminator_loss",
+        (compiled_loss, torch.ops.rtda_kernels.adversarial_loss_backward, compiled_discriminator),
+    )
+
+
+# Triton kernels (rtda_kernels/triton/adversarial_loss.py, imported at first use so that
+# TRITON_INTERPRET is read then), as custom ops with the schemas of the compiled ones.
+@torch.library.custom_op("rtda_kernels::adversarial_loss_triton", mutates_args=())
+def triton_loss(
+    logits: Tensor,
+    target: Tensor | None,
+    target_value: float,
+    output_size: Sequence[int],
+    reduction: int,
+    compute_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    from rtda_kernels.triton import adversarial_loss as kernels
+
+    return kernels.loss(logits, target, target_value, list(output_size), reduction, compute_grad)
+
+
+@torch.library.custom_op("rtda_kernels::adversarial_loss_triton_backward", mutates_args=())
+def triton_loss_backward(
+    grad_loss: Tensor,
+    logits: Tensor,
+    target: Tensor | None,
+    target_value: float,
+    output_size: Sequence[int],
+) -> Tensor:
+    from rtda_kernels.triton import adversarial_loss as kernels
+
+    return kernels.loss_backward(grad_loss, logits, target, target_value, list(output_size))
+
+
+@torch.library.custom_op("rtda_kernels::discriminator_loss_triton", mutates_args=())
+def triton_discriminator(
+    d_source: Tensor,
+    d_target: Tensor,
+    source_label: float,
+    target_label: float,
+    output_size: Sequence[int],
+    compute_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    from rtda_kernels.triton import adversarial_loss as kernels
+
+    return kernels.discriminator(
+        d_source, d_target, source_label, target_label, list(output_size), compute_grad
+    )
+
+
+_register(
+    "rtda_kernels::adversarial_loss_triton",
+    "rtda_kernels::adversarial_loss_triton_backward",
+    "rtda_kernels::discriminator_loss_triton",
+    (triton_loss, triton_loss_backward, triton_discriminator),
+)
