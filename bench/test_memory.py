@@ -1,4 +1,6 @@
-"""Checks that the memory figures of ``bench.memory`` mean what the benchmark tables claim.
+"""Checks that the memory figures of ``bench.memory`` mean what the benchmark tables claim, and
+a memory property of the fused adversarial losses that the tables only report: they never
+allocate the full-resolution loss map (in forward or backward).
 
 Cheap, no timing: they run in smoke runs (``pytest bench --benchmark-disable``) and are
 skipped under ``--benchmark-only``, as they use no ``benchmark`` fixture.
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 from bench.memory import MB, peak_allocated_bytes, retain_freed_memory, saved_for_backward_bytes
+from bench.subjects import LOSS_SHAPES, LOSS_SUBJECTS, make_case, make_inputs, warm_up
 
 
 def test_peak_counts_a_tensor_made_inside() -> None:
@@ -60,3 +63,29 @@ def test_retained_memory_is_reused_without_page_faults() -> None:
     # glibc's defaults would map (and fault in) a fresh 20 MB after unmapping the 40 MB block:
     # about 5,000 page faults; kept memory is reused.
     assert page_faults_of_a_tensor(20 * MB) < 100
+
+
+# The paper's FCD map, 4x1x16x32, upsampled to the 512x1024 labels: one float32 loss map is 8 MiB.
+_UPSAMPLED = next(shape for shape in LOSS_SHAPES if shape.output_size is not None)
+_MAP_BYTES = torch.Size(_UPSAMPLED.loss_map).numel() * torch.float32.itemsize
+
+
+def _loss_peak_bytes(name: str, provider: str) -> int:
+    subject = LOSS_SUBJECTS[name](_UPSAMPLED.output_size)
+    case = make_case(subject, provider, "fwd+bwd", make_inputs(subject, _UPSAMPLED.logits))
+    warm_up(case, runs=1)
+    return peak_allocated_bytes(case.step)
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_SUBJECTS))
+def test_eager_loss_peak_holds_full_resolution_maps(name: str) -> None:
+    # The control for the test below: the measurement does see the upsampled map, its label and
+    # its gradient (at least two maps at once) when they are allocated.
+    assert _loss_peak_bytes(name, "eager") >= 2 * _MAP_BYTES
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_SUBJECTS))
+def test_fused_loss_never_allocates_a_full_resolution_map(name: str) -> None:
+    # Forward and backward of the fused loss hold low-resolution tensors only (the logits'
+    # gradients, 8 KiB a map): well under a sixteenth of one 512x1024 map.
+    assert _loss_peak_bytes(name, "fused") < _MAP_BYTES / 16

@@ -124,6 +124,16 @@ def _check_label(name: str, value: object) -> float:
     return float(value)
 
 
+def _loss_op(backend: str, which: int, needs_grad: bool):
+    """The loss (which=0) or discriminator (1) op of a compiled backend: the custom op itself
+    under torch.compile or without autograd, else its lean eager autograd.Function."""
+    if needs_grad and not torch.compiler.is_compiling():
+        return (_loss_ops.triton_eager if backend == "triton" else _loss_ops.compiled_eager)[which]
+    if backend == "triton":
+        return (_loss_ops.triton_loss, _loss_ops.triton_discriminator)[which]
+    return (_loss_ops.compiled_loss, _loss_ops.compiled_discriminator)[which]
+
+
 def adversarial_loss(
     logits: torch.Tensor,
     target: torch.Tensor | float,
@@ -164,8 +174,9 @@ def adversarial_loss(
             logits, target, output_size=size, reduction=reduction
         )
     code = _REDUCTIONS[reduction]
-    compute_grad = code != _loss_ops.REDUCE_NONE and torch.is_grad_enabled() and logits.requires_grad
-    op = _loss_ops.triton_loss if backend == "triton" else _loss_ops.compiled_loss
+    needs_grad = torch.is_grad_enabled() and logits.requires_grad
+    compute_grad = needs_grad and code != _loss_ops.REDUCE_NONE
+    op = _loss_op(backend, 0, needs_grad)
     loss, _ = op(logits, target_tensor, value, size, code, compute_grad)
     return loss
 
@@ -201,6 +212,6 @@ def discriminator_loss(
             output_size=size,
         )
     compute_grad = torch.is_grad_enabled() and (d_source.requires_grad or d_target.requires_grad)
-    op = _loss_ops.triton_discriminator if backend == "triton" else _loss_ops.compiled_discriminator
+    op = _loss_op(backend, 1, compute_grad)
     loss, _, _ = op(d_source, d_target, source_value, target_value, size, compute_grad)
     return loss

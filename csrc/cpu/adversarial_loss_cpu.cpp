@@ -203,16 +203,26 @@ void resize_row(const scalar_t* row, const Axis<acc_t>& cols, acc_t* out) {
   }
 }
 
-// The transpose of resize_row: adds row (W values) into out (w values).
+// The transpose of resize_row: adds row (W values) into out (w values). Gathered per input
+// column c from the output columns whose taps reach it (i0 == c: band c; i1 == c: band c - 1, and
+// band c itself for the last column), so each sum runs in registers instead of through a chain of
+// read-modify-writes of the same few addresses.
 template <typename acc_t>
 void fold_row(const acc_t* row, const Axis<acc_t>& cols, acc_t* out) {
   if (cols.identity) {
     for (int64_t x = 0; x < cols.out; ++x) out[x] += row[x];
     return;
   }
-  for (int64_t x = 0; x < cols.out; ++x) {
-    out[cols.i0[x]] += cols.w0[x] * row[x];
-    out[cols.i1[x]] += cols.w1[x] * row[x];
+  const int64_t w = cols.in;
+  for (int64_t c = 0; c < w; ++c) {
+    acc_t sum = 0;
+    for (int64_t x = cols.band_begin[c]; x < cols.band_begin[c + 1]; ++x) sum += cols.w0[x] * row[x];
+    const int64_t upper_begin = c == 0 ? 0 : cols.band_begin[c - 1];
+    const int64_t upper_end = c == w - 1 ? cols.band_begin[w] : cols.band_begin[c];
+    for (int64_t x = upper_begin; x < upper_end; ++x) {
+      if (cols.i1[x] == c) sum += cols.w1[x] * row[x];
+    }
+    out[c] += sum;
   }
 }
 

@@ -67,9 +67,8 @@ __host__ __device__ __forceinline__ IndexRange reach_range(int64_t src, int64_t 
   return IndexRange{lo, hi};
 }
 
-// One map of the op: logits (planes x h x w) resized to out_h x out_w, and what to do with the BCE
-// of every output pixel. Built by the launch plan; the kernels' only argument besides the pointers
-// of the second map of the discriminator.
+// One map of a call: logits (planes x h x w) resized to out_h x out_w, and what to do with the BCE
+// of every output pixel. Filled in by launch_loss from the plan and the tensors.
 template <typename scalar_t, typename Acc>
 struct MapJob {
   const scalar_t* logits;     // planes x h x w
@@ -271,7 +270,8 @@ __global__ void __launch_bounds__(kFinishThreads)
                   scalar_t* loss) {
   __shared__ Acc sums_s[kFinishRowLanes][kFinishLanes];
   int64_t block = blockIdx.x;
-  const int64_t grad_blocks = jobs.job[0].grad_blocks + (jobs.count > 1 ? jobs.job[1].grad_blocks : 0);
+  const int64_t grad_blocks =
+      jobs.job[0].grad_blocks + (jobs.count > 1 ? jobs.job[1].grad_blocks : 0);
   if (block >= grad_blocks) {  // the loss block (block-uniform)
     if (!reduce) return;
     const Acc s0 = sum_partials(jobs.job[0]);
