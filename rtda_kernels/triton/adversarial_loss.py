@@ -97,11 +97,13 @@ def _log1p(e):
 
 @triton.jit
 def _bce(u, y):
-    """(loss, sigmoid(u) - y) from e = exp(-|u|), as in adversarial_math.h."""
+    """(loss, sigmoid(u) - y) from e = exp(-|u|), as in adversarial_math.h: with
+    s = sigmoid(-|u|) = e / (1 + e), the gradient is (1 - y) - s for u >= 0 and s - y otherwise,
+    so a confident pixel (sigmoid(u) ~ y) keeps its small gradient's relative precision."""
     e = tl.exp(-tl.abs(u))
-    s = 1.0 / (1.0 + e)
-    sig = tl.where(u >= 0.0, s, e * s)
-    return tl.maximum(u, 0.0) - u * y + _log1p(e), sig - y
+    s = e / (1.0 + e)
+    grad = tl.where(u >= 0.0, (1.0 - y) - s, s - y)
+    return tl.maximum(u, 0.0) - u * y + _log1p(e), grad
 
 
 @triton.jit
@@ -472,5 +474,6 @@ def discriminator(d_source: torch.Tensor, d_target: torch.Tensor, source_label: 
     _finalize(ls, quad=qs, grad=gs, grad_coef=cs, loss=out, parts=((ps, cs), (pt, ct)))
     if qt is not None:
         _finalize(lt, quad=qt, grad=gt, grad_coef=ct)
-    empty = d_source.new_empty((0,))
-    return out, empty if gs is None else gs, empty if gt is None else gt
+    # Two distinct empty tensors: outputs of a custom op may not alias each other.
+    return (out, d_source.new_empty((0,)) if gs is None else gs,
+            d_source.new_empty((0,)) if gt is None else gt)
