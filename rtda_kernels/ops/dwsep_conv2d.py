@@ -9,27 +9,29 @@ the backward op, read the activation mask from the sign of y.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
 from rtda_kernels import _extension
 
 
-def _output_shape(x: Tensor, dw_weight: Tensor, pw_weight: Tensor, stride: int, padding: int):
-    n, _, height, width = x.shape
-    k = dw_weight.shape[-1]
+def _output_shape(x_shape, dw_shape, pw_shape, stride: int, padding: int) -> tuple[int, ...]:
+    n, _, height, width = x_shape
+    k = dw_shape[-1]
     return (
         n,
-        pw_weight.shape[0],
+        pw_shape[0],
         (height + 2 * padding - k) // stride + 1,
         (width + 2 * padding - k) // stride + 1,
     )
 
 
 def _fake_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, negative_slope):
-    return x.new_empty(_output_shape(x, dw_weight, pw_weight, stride, padding))
+    return x.new_empty(_output_shape(x.shape, dw_weight.shape, pw_weight.shape, stride, padding))
 
 
 def _fake_backward(grad_y, x, y, dw_weight, dw_bias, pw_weight, stride, padding, negative_slope):
@@ -64,12 +66,38 @@ def _autograd_backward(backward_op: Callable) -> Callable:
     return backward
 
 
+def _forward_flops(x_shape, dw_shape, pw_shape, stride: int, padding: int) -> int:
+    """FLOPs (2 x multiply-adds, biases and activation not counted, as torch.utils.flop_counter
+    counts convolutions) of the depthwise and the pointwise conv."""
+    n, c_out, height, width = _output_shape(x_shape, dw_shape, pw_shape, stride, padding)
+    c_in, k = x_shape[1], dw_shape[-1]
+    return 2 * n * height * width * c_in * (k * k + c_out)
+
+
+def _flop_formula_forward(x_shape, dw_shape, dw_bias_shape, pw_shape, pw_bias_shape, stride,
+                          padding, negative_slope, *args, **kwargs) -> int:
+    return _forward_flops(x_shape, dw_shape, pw_shape, stride, padding)
+
+
+def _flop_formula_backward(grad_shape, x_shape, y_shape, dw_shape, dw_bias_shape, pw_shape,
+                           stride, padding, negative_slope, *args, **kwargs) -> int:
+    """Input and weight gradients of both convs (2x the forward, as flop_counter counts a conv's
+    backward) plus the depthwise output that the kernel recomputes instead of saving."""
+    depthwise = 2 * math.prod(grad_shape[:1] + grad_shape[2:]) * x_shape[1] * dw_shape[-1] ** 2
+    return 2 * _forward_flops(x_shape, dw_shape, pw_shape, stride, padding) + depthwise
+
+
 def _register(forward: str, backward: str, backward_op: Callable) -> None:
     torch.library.register_fake(forward)(_fake_forward)
     torch.library.register_fake(backward)(_fake_backward)
     torch.library.register_autograd(
         forward, _autograd_backward(backward_op), setup_context=_setup_context
     )
+    # So that torch.utils.flop_counter.FlopCounterMode counts models built from the fused layers.
+    namespace, name = forward.split("::")
+    register_flop_formula(getattr(getattr(torch.ops, namespace), name))(_flop_formula_forward)
+    namespace, name = backward.split("::")
+    register_flop_formula(getattr(getattr(torch.ops, namespace), name))(_flop_formula_backward)
 
 
 compiled_forward: Callable | None = None

@@ -170,3 +170,24 @@ def test_fuse_modules_swaps_every_pattern_and_keeps_outputs():
     torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
     expected.sum().backward()  # the fused model trains too
     model(x).sum().backward()
+
+
+def test_flop_counter_counts_the_fused_op():
+    """torch.utils.flop_counter sees the op: forward = the two convs' FLOPs as flop_counter counts
+    them for nn.Conv2d; backward = twice that plus the recomputed depthwise output."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fused = DepthwiseSeparableConv2d(5, 7, 3, stride=2, padding=1, negative_slope=0.1)
+    plain = DepthwiseSeparableConv2d(5, 7, 3, stride=2, padding=1, negative_slope=0.1, fused=False)
+    x = torch.randn(2, 5, 13, 11, requires_grad=True)
+    counts = []
+    for model in (fused, plain):
+        with FlopCounterMode(display=False) as forward:
+            y = model(x)
+        with FlopCounterMode(display=False) as backward:
+            y.sum().backward()
+        counts.append((forward.get_total_flops(), backward.get_total_flops()))
+    (fused_fwd, fused_bwd), (plain_fwd, _) = counts
+    out_pixels = 2 * 7 * 6  # N x H_out x W_out
+    assert fused_fwd == plain_fwd == 2 * out_pixels * 5 * (3 * 3 + 7)
+    assert fused_bwd == 2 * fused_fwd + 2 * out_pixels * 5 * 3 * 3

@@ -1,0 +1,68 @@
+"""The models' benchmark subjects: the paper's three discriminators and BiSeNet-R18 inference.
+
+Built like ``bench.subjects`` (a ``Subject`` with one callable per provider, timed through
+``make_case``): ``eager`` is the model with plain PyTorch layers, ``compile`` its
+``torch.compile``, ``fused`` the same weights with the ``rtda_kernels`` layers on the C++
+backend. ``fcd`` has no depthwise-separable layer and BiSeNet none at all, so they have no
+``fused`` provider.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from bench.subjects import Subject, _compiled, _on_cpu_backend
+from rtda.models import DISCRIMINATORS, build_discriminator, build_segmenter
+
+# The paper's training shape at the discriminator (batch 4, softmax of 19 classes, 512x1024) and
+# BiSeNet's inference input; smoke runs use the small ones.
+DISCRIMINATOR_SHAPE = (4, 19, 512, 1024)
+DISCRIMINATOR_SMOKE_SHAPE = (1, 19, 64, 64)
+SEGMENTER_SHAPE = (1, 3, 512, 1024)
+SEGMENTER_SMOKE_SHAPE = (1, 3, 64, 64)
+
+
+def build_discriminator_subject(name: str, seed: int = 0) -> Subject:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        eager = build_discriminator(name, fused=False)
+    models = {"eager": eager, "compile": _compiled(eager)}
+    parameters = list(eager.parameters())
+    if name != "fcd":
+        fused = build_discriminator(name, fused=True)
+        fused.load_state_dict(eager.state_dict())
+        models["fused"] = _on_cpu_backend(fused)
+        parameters += list(fused.parameters())
+    return Subject(name, models, parameters)
+
+
+def build_bisenet_r18(seed: int = 0) -> Subject:
+    """BiSeNet-R18 in eval mode (inference: the main output only)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = build_segmenter("resnet18").eval()
+    return Subject("bisenet_resnet18 inference", {"eager": model, "compile": _compiled(model)},
+                   list(model.parameters()))
+
+
+class ModelBench(NamedTuple):
+    """How one model subject is benchmarked."""
+
+    build: Callable[[], Subject]
+    passes: tuple[str, ...]
+    shape: tuple[int, ...]
+    smoke_shape: tuple[int, ...]
+    providers: tuple[str, ...]
+
+
+MODEL_SUBJECTS: dict[str, ModelBench] = {
+    **{name: ModelBench(lambda name=name: build_discriminator_subject(name), ("fwd", "fwd+bwd"),
+                        DISCRIMINATOR_SHAPE, DISCRIMINATOR_SMOKE_SHAPE,
+                        ("eager", "compile") if name == "fcd" else ("eager", "compile", "fused"))
+       for name in DISCRIMINATORS},
+    "bisenet_resnet18": ModelBench(build_bisenet_r18, ("fwd",), SEGMENTER_SHAPE,
+                                   SEGMENTER_SMOKE_SHAPE, ("eager", "compile")),
+}
