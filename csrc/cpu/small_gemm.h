@@ -46,18 +46,33 @@ struct StoreAdd {
 
 // Rows [row0, row0 + MR) x columns [col0, col0 + NR) of A[. x K] @ B[K x .] (row-major,
 // leading dimensions lda, ldb; a and b point at the block's first row and column).
+// The accumulators are explicit SIMD vectors, not a scalar array left to the auto-vectoriser:
+// where GCC's tuning prefers 128-bit vectors (e.g. -march=znver1), a float acc[4][16] became 16
+// xmm registers (the whole register file) and spilled on every k, 5-10x slower.
 template <typename T, int MR, int NR, typename Store>
 inline void gemm_nn_block(int64_t k_size, const T* a, int64_t lda, const T* b, int64_t ldb,
                           int64_t row0, int64_t col0, const Store& store) {
-  T acc[MR][NR] = {};
+  constexpr int V = lanes<T>();
+  static_assert(NR % V == 0, "NR must be a whole number of vectors");
+  constexpr int NV = NR / V;
+  Vec<T> acc[MR][NV];
+  for (int r = 0; r < MR; ++r) {
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec<T>{};
+  }
   for (int64_t k = 0; k < k_size; ++k) {
-    const T* __restrict__ brow = b + k * ldb;
+    const T* brow = b + k * ldb;
+    Vec<T> bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load_vec(brow + v * V);
     for (int r = 0; r < MR; ++r) {
       const T av = a[r * lda + k];
-      for (int t = 0; t < NR; ++t) acc[r][t] += av * brow[t];
+      for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
     }
   }
-  for (int r = 0; r < MR; ++r) store(row0 + r, col0, acc[r], NR);
+  for (int r = 0; r < MR; ++r) {
+    T out[NR];
+    for (int v = 0; v < NV; ++v) store_vec(out + v * V, acc[r][v]);
+    store(row0 + r, col0, out, NR);
+  }
 }
 
 // Edge blocks (cols < NR columns left): plain loops.
@@ -90,48 +105,54 @@ void gemm_nn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* 
   if (j < n) gemm_nn_edge<T, NR>(m, n - j, k, a, lda, b + j, ldb, j, store);
 }
 
-// C[MR x NR] += A[MR x K] @ B[NR x K]^T: dot products over K, V lanes at a time.
+// C[MR x NR] += A[MR x K] @ B[NR x K]^T: dot products over K, V lanes at a time, in explicit
+// SIMD vectors (see gemm_nn_block for why not a scalar array).
 template <typename T, int MR, int NR>
 inline void gemm_nt_block(int64_t k_size, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,
                           int64_t ldc) {
-  constexpr int V = kVectorBytes / sizeof(T);  // one vector
-  T acc[MR][NR][V] = {};
+  constexpr int V = lanes<T>();
+  Vec<T> acc[MR][NR];
+  for (int r = 0; r < MR; ++r) {
+    for (int s = 0; s < NR; ++s) acc[r][s] = Vec<T>{};
+  }
   int64_t k = 0;
   for (; k + V <= k_size; k += V) {
-    for (int r = 0; r < MR; ++r) {
-      for (int s = 0; s < NR; ++s) {
-        const T* __restrict__ ar = a + r * lda + k;
-        const T* __restrict__ bs = b + s * ldb + k;
-        for (int v = 0; v < V; ++v) acc[r][s][v] += ar[v] * bs[v];
-      }
+    Vec<T> av[MR];
+    for (int r = 0; r < MR; ++r) av[r] = load_vec(a + r * lda + k);
+    for (int s = 0; s < NR; ++s) {
+      const Vec<T> bv = load_vec(b + s * ldb + k);
+      for (int r = 0; r < MR; ++r) acc[r][s] += av[r] * bv;
     }
   }
   for (int r = 0; r < MR; ++r) {
     for (int s = 0; s < NR; ++s) {
+      T lanes_out[V];
+      store_vec(lanes_out, acc[r][s]);
       T sum = 0;
-      for (int v = 0; v < V; ++v) sum += acc[r][s][v];
+      for (int v = 0; v < V; ++v) sum += lanes_out[v];
       for (int64_t kk = k; kk < k_size; ++kk) sum += a[r * lda + kk] * b[s * ldb + kk];
       c[r * ldc + s] += sum;
     }
   }
 }
 
-// C[M x N] += A[M x K] @ B[N x K]^T, for weight gradients (K is a long run of pixels).
+// C[M x N] += A[M x K] @ B[N x K]^T, for weight gradients (K is a long run of pixels). Blocks of
+// 2 x 4 dot products: 8 vector accumulators + 3 operands fit the 16 registers of AVX2.
 template <typename T>
 void gemm_nt_acc(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
                  int64_t ldb, T* c, int64_t ldc) {
-  constexpr int B = 4;
-  for (int64_t i = 0; i < m; i += B) {
-    for (int64_t j = 0; j < n; j += B) {
+  constexpr int BM = 2, BN = 4;
+  for (int64_t i = 0; i < m; i += BM) {
+    for (int64_t j = 0; j < n; j += BN) {
       const T* ai = a + i * lda;
       const T* bj = b + j * ldb;
       T* cij = c + i * ldc + j;
-      if (i + B <= m && j + B <= n) {
-        gemm_nt_block<T, B, B>(k, ai, lda, bj, ldb, cij, ldc);
+      if (i + BM <= m && j + BN <= n) {
+        gemm_nt_block<T, BM, BN>(k, ai, lda, bj, ldb, cij, ldc);
         continue;
       }
-      for (int64_t r = 0; r < std::min<int64_t>(B, m - i); ++r) {
-        for (int64_t s = 0; s < std::min<int64_t>(B, n - j); ++s) {
+      for (int64_t r = 0; r < std::min<int64_t>(BM, m - i); ++r) {
+        for (int64_t s = 0; s < std::min<int64_t>(BN, n - j); ++s) {
           gemm_nt_block<T, 1, 1>(k, ai + r * lda, lda, bj + s * ldb, ldb, cij + r * ldc + s, ldc);
         }
       }
