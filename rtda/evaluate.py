@@ -117,9 +117,16 @@ def evaluation_dataset(dataset: str, root: str | None, split: str | None,
     if dataset == "toy" or root is None:
         if dataset not in ("toy", "cityscapes"):
             raise DatasetError(f"--root is required for --dataset {dataset}")
-        from rtda.data.toy import ensure_toy
+        from rtda.data.toy import MANIFEST, ensure_toy
 
-        root, dataset = str(ensure_toy().target), "cityscapes"
+        if root is None:
+            root = str(ensure_toy().target)
+        elif not (Path(root) / MANIFEST).is_file():
+            raise DatasetError(f"{root} is not a toy pair (no {MANIFEST}); make one with "
+                               f"python -m rtda.data.toy --out {root}")
+        else:
+            root = str(Path(root) / "target")
+        dataset = "cityscapes"
     if dataset == "cityscapes":
         split = split or "val"
     return build_dataset(dataset, root, split, transform=transform, skip_bad=skip_bad,

@@ -83,8 +83,8 @@ def draw_predictions_figure(models: Sequence[torch.nn.Module], titles: Sequence[
     column_titles = ["RGB", *titles, "ground truth"]
     for r, row in enumerate(cells):
         for c, picture in enumerate(row):
-            axis = figure.add_axes((c / columns, grid_bottom + grid_height * (1 - (r + 1) / len(cells)),
-                                    1 / columns, grid_height / len(cells)))
+            bottom = grid_bottom + grid_height * (1 - (r + 1) / len(cells))
+            axis = figure.add_axes((c / columns, bottom, 1 / columns, grid_height / len(cells)))
             axis.imshow(picture, interpolation="nearest", aspect="auto")
             axis.set_axis_off()
             if r == 0:

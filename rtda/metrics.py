@@ -1,11 +1,11 @@
 """Segmentation metrics from a confusion matrix: per-class IoU, mIoU, pixel accuracy.
 
-IoU_c = TP / (TP + FP + FN) over the pixels whose ground truth is not ignored (255). A class with no
-ground-truth pixel and no prediction has no IoU (NaN, shown "n/a") and is left out of the mean, as the
-official Cityscapes evaluation does. The 16-class score of SYNTHIA -> Cityscapes ignores the pixels
-of the three classes SYNTHIA lacks (terrain, truck, train) and averages over the other 16; a
-prediction of one of the three is still an error. The 13-class score ("mIoU*") averages 13 of those
-same 16 IoUs (all but wall, fence and pole), as the papers that report it do.
+IoU_c = TP / (TP + FP + FN) over the pixels whose ground truth is not ignored (255). A class with
+no ground-truth pixel and no prediction has no IoU (NaN, shown "n/a") and is left out of the mean,
+as the official Cityscapes evaluation does. The 16-class score of SYNTHIA -> Cityscapes ignores
+the pixels of the three classes SYNTHIA lacks (terrain, truck, train) and averages over the other
+16; a prediction of one of the three is still an error. The 13-class score ("mIoU*") averages 13
+of those same 16 IoUs (all but wall, fence and pole), as the papers that report it do.
 """
 
 from __future__ import annotations
@@ -16,8 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from rtda.data.labels import (CLASS_NAMES, EVAL_CLASS_SUBSETS, IGNORE_INDEX, NUM_CLASSES,
-                              SYNTHIA_MISSING_IDS)
+from rtda.data.labels import (
+    CLASS_NAMES,
+    EVAL_CLASS_SUBSETS,
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    SYNTHIA_MISSING_IDS,
+)
 
 
 class ConfusionMatrix:

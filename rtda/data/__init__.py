@@ -1,5 +1,6 @@
 """Datasets of RTDA: GTA5, SYNTHIA and Cityscapes in their published layouts, mapped to the 19
-Cityscapes train ids, and the built-in toy domain pair written in the GTA5 and Cityscapes layouts."""
+Cityscapes train ids, and the built-in toy domain pair written in the GTA5 and Cityscapes
+layouts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Cityscapes (Cordts et al.): the real target domain, 2,975 train and 500 val frames at 2048x1024."""
+"""Cityscapes (Cordts et al.): 2,975 train and 500 val frames at 2048x1024."""
 
 from __future__ import annotations
 

@@ -64,7 +64,8 @@ def read_list_file(list_file: str | os.PathLike, bases: Sequence[Path]) -> list[
 class SegmentationDataset(Dataset):
     """Images with optional label maps, mapped to the 19 train ids and transformed.
 
-    Subclasses list their files in :meth:`list_files` and say how a label file is read.
+    Subclasses say where the images are (:meth:`image_dir`, :attr:`image_pattern`), where each
+    one's label is (:meth:`label_path`) and how a label file is read (:meth:`read_raw_label`).
     ``__getitem__`` accepts an index, or ``(index, seed)`` so that a sampler can make the random
     augmentation a pure function of its own state (exact resumption); with a plain index the
     augmentation draws from torch's (per-worker seeded) generator.
@@ -201,6 +202,7 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def check_split(split: str, choices: Sequence[str], dataset: str) -> str:
     if split not in choices:
-        raise DatasetError(f"split must be one of {', '.join(choices)} for {dataset}, got {split!r}")
+        raise DatasetError(f"split must be one of {', '.join(choices)} for {dataset}, "
+                           f"got {split!r}")
     return split
 

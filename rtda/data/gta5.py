@@ -1,4 +1,4 @@
-"""GTA5 (Richter et al., "Playing for Data"): 24,966 rendered frames, labelled with Cityscapes ids."""
+"""GTA5 (Richter et al., "Playing for Data"): 24,966 game frames labelled with Cityscapes ids."""
 
 from __future__ import annotations
 

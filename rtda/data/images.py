@@ -1,9 +1,10 @@
 """Reading images and label maps, with errors that name the file.
 
 Pillow reads the RGB images and the 8-bit label maps (GTA5's palette PNGs hold their label ids as
-palette indices, Cityscapes' ``*_labelIds.png`` are greyscale). SYNTHIA's labels are 16-bit PNGs with
-several channels, which Pillow would truncate to 8 bits, so they are read with OpenCV, which keeps 16
-bits and returns the channels as BGR(A): the class id (SYNTHIA's first, red, channel) is index 2.
+palette indices, Cityscapes' ``*_labelIds.png`` are greyscale). SYNTHIA's labels are 16-bit PNGs
+with several channels, which Pillow would truncate to 8 bits, so they are read with OpenCV, which
+keeps 16 bits and returns the channels as BGR(A): the class id (SYNTHIA's first, red, channel) is
+index 2.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 ``python -m rtda.data.toy --out DIR`` (or :func:`generate_toy`) writes, deterministically from a
 seed, ``DIR/source`` in the GTA5 layout (``images/NNNNN.png``, palette ``labels/NNNNN.png`` with
 Cityscapes label ids) and ``DIR/target`` in the Cityscapes layout (``leftImg8bit/{train,val}`` and
-``gtFine/{train,val}`` ``*_labelIds.png``), so the real loaders read it. The scenes and the two looks
-are in :mod:`rtda.data.toy_scenes`. :func:`ensure_toy` is what training and evaluation call when no
-dataset root is given: it reuses a complete pair with the same parameters or generates one.
+``gtFine/{train,val}`` ``*_labelIds.png``), so the real loaders read it. The scenes and the two
+looks are in :mod:`rtda.data.toy_scenes`. :func:`ensure_toy` is what training and evaluation call
+when no dataset root is given: it reuses a complete pair with the same parameters or generates one.
 """
 
 from __future__ import annotations
@@ -167,6 +167,32 @@ def ensure_toy(root: str | os.PathLike | None = None, config: ToyConfig = ToyCon
     return generate_toy(root, config, progress=progress)
 
 
+def write_preview(paths: ToyPaths, out: str | os.PathLike, rows: int = 4,
+                  width: int = 256) -> Path:
+    """A PNG grid of ``rows`` pairs: source image | source label | target image | target label
+    (labels in the Cityscapes palette), each cell ``width`` pixels wide."""
+    from rtda.data.images import read_label_ids, read_rgb
+    from rtda.data.labels import CITYSCAPES_ID_TO_TRAIN_ID, colorize
+
+    sources = sorted((paths.source / "images").glob("*.png"))[:rows]
+    targets = sorted((paths.target / "leftImg8bit" / "train").glob("*/*.png"))[:rows]
+    lines = []
+    for source, target in zip(sources, targets):
+        source_label = paths.source / "labels" / source.name
+        target_label = (paths.target / "gtFine" / "train" / target.parent.name
+                        / target.name.replace("_leftImg8bit", "_gtFine_labelIds"))
+        cells = [np.asarray(read_rgb(source)),
+                 colorize(CITYSCAPES_ID_TO_TRAIN_ID[read_label_ids(source_label)]),
+                 np.asarray(read_rgb(target)),
+                 colorize(CITYSCAPES_ID_TO_TRAIN_ID[read_label_ids(target_label)])]
+        height = round(width * cells[0].shape[0] / cells[0].shape[1])
+        lines.append(np.concatenate([np.asarray(Image.fromarray(c).resize((width, height)))
+                                     for c in cells], axis=1))
+    out = Path(out)
+    Image.fromarray(np.concatenate(lines, axis=0)).save(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m rtda.data.toy",
@@ -189,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="processes (default: one per core)")
     parser.add_argument("--force", action="store_true",
                         help="regenerate even if OUT already holds this pair")
+    parser.add_argument("--preview", type=Path, default=None, metavar="PNG",
+                        help="also write a grid of source and target images with their labels")
     args = parser.parse_args(argv)
     from rtda.data.transforms import parse_size
 
@@ -200,13 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     out = args.out if args.out is not None else default_root()
     start = time.perf_counter()
-    if not args.force and find_toy(out, config) is not None:
+    paths = None if args.force else find_toy(out, config)
+    if paths is not None:
         print(f"{out} already holds this toy pair (use --force to regenerate)")
-        return 0
-    paths = generate_toy(out, config, workers=args.workers)
-    total = config.num_source + config.num_target + config.num_val
-    print(f"wrote {total} images in {time.perf_counter() - start:.1f} s: source (GTA5 layout) "
-          f"{paths.source}, target (Cityscapes layout) {paths.target}")
+    else:
+        paths = generate_toy(out, config, workers=args.workers)
+        total = config.num_source + config.num_target + config.num_val
+        print(f"wrote {total} images in {time.perf_counter() - start:.1f} s: source (GTA5 "
+              f"layout) {paths.source}, target (Cityscapes layout) {paths.target}")
+    if args.preview is not None:
+        print(f"preview: {write_preview(paths, args.preview)}")
     return 0
 
 

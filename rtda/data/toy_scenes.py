@@ -36,7 +36,7 @@ class Style:
     lamp_colors: tuple[RGB, ...] = field(default=((255, 40, 40), (255, 200, 0), (40, 230, 60)))
 
 
-SOURCE = Style("source", jitter=12, saturation=1.0, palette={
+SOURCE = Style("source", jitter=20, saturation=1.0, palette={
     "sky": (110, 180, 250), "building": (190, 120, 80), "window": (80, 160, 220),
     "wall": (225, 205, 120), "fence": (150, 105, 60), "vegetation": (40, 175, 50),
     "trunk": (120, 80, 40), "road": (90, 90, 105), "lane": (250, 250, 250),
@@ -44,14 +44,14 @@ SOURCE = Style("source", jitter=12, saturation=1.0, palette={
     "light": (30, 30, 30), "skin": (230, 180, 140), "tyre": (20, 20, 20), "glass": (120, 200, 240),
     "ego": (0, 0, 0)})
 
-TARGET = Style("target", jitter=28, saturation=0.45, texture=0.28, lighting=0.3, noise=7.0,
+TARGET = Style("target", jitter=28, saturation=0.7, texture=0.18, lighting=0.3, noise=5.0,
                blur=(0.5, 1.3), ego_vehicle=True, palette={
-    "sky": (205, 210, 215), "building": (135, 135, 130), "window": (60, 65, 70),
-    "wall": (165, 140, 120), "fence": (115, 125, 105), "vegetation": (75, 105, 55),
-    "trunk": (80, 70, 60), "road": (125, 115, 100), "lane": (200, 200, 185),
-    "sidewalk": (150, 150, 160), "pole": (155, 155, 145), "sign": (225, 195, 50),
-    "light": (75, 75, 65), "skin": (200, 160, 130), "tyre": (35, 35, 35), "glass": (50, 60, 70),
-    "ego": (40, 45, 50)})
+    "sky": (142, 188, 232), "building": (170, 122, 95), "window": (70, 112, 145),
+    "wall": (195, 172, 120), "fence": (132, 115, 82), "vegetation": (58, 145, 52),
+    "trunk": (100, 75, 50), "road": (102, 100, 108), "lane": (225, 225, 218),
+    "sidewalk": (188, 162, 150), "pole": (98, 98, 100), "sign": (40, 90, 200),
+    "light": (52, 52, 48), "skin": (215, 170, 135), "tyre": (28, 28, 28), "glass": (85, 130, 155),
+    "ego": (20, 22, 25)})
 
 STYLES = {"source": SOURCE, "target": TARGET}
 
@@ -194,8 +194,8 @@ def _draw_kerbside(p: Painter, s: Street) -> None:
             dist = abs(x - s.vanish_x)
             base = s.facade_bottom(x)
             tall = dist * p.rng.uniform(0.6, 1.0)
-            p.rect((x - dist * 0.03 - 1, base - tall * 0.5, x + dist * 0.03 + 1, base), "vegetation",
-                   p.color("trunk"))
+            trunk = dist * 0.03 + 1
+            p.rect((x - trunk, base - tall * 0.5, x + trunk, base), "vegetation", p.color("trunk"))
             radius = tall * p.rng.uniform(0.3, 0.45)
             for _ in range(3):
                 cx = x + p.rng.uniform(-0.4, 0.4) * radius

@@ -74,7 +74,8 @@ class SegmentationTransform:
         return bool(self.scale or self.crop or self.flip)
 
     def __call__(self, image: Image.Image, label: np.ndarray | None,
-                 rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 rng: np.random.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (3xHxW float32 normalised image, HxW int64 label or None)."""
         if self.is_random and rng is None:
             raise ValueError("a random transform needs rng")

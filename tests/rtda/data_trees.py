@@ -47,7 +47,7 @@ def save(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
 
 def make_gta5(root: Path, count: int = 3, size: tuple[int, int] = (20, 30),
               seed: int = 0) -> list[np.ndarray]:
-    """``count`` random images with palette labels of random Cityscapes ids (0..40: some unknown)."""
+    """``count`` random images with palette labels of random ids 0..40 (34..40 are unknown)."""
     rng = np.random.default_rng(seed)
     labels = []
     for i in range(count):

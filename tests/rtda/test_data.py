@@ -8,10 +8,25 @@ import torch
 from cityscapesscripts.helpers.labels import id2label, trainId2label
 from PIL import Image
 
-from rtda.data import (GTA5, SYNTHIA, BadSampleError, Cityscapes, DatasetError,
-                       SegmentationTransform, build_dataset, collate, parse_size)
+from rtda.data import (
+    GTA5,
+    SYNTHIA,
+    BadSampleError,
+    Cityscapes,
+    DatasetError,
+    SegmentationTransform,
+    build_dataset,
+    collate,
+    parse_size,
+)
 from rtda.data import labels as L
-from tests.rtda.data_trees import make_cityscapes, make_gta5, make_synthia, save, write_png16
+from tests.rtda.data_trees import (
+    make_cityscapes,
+    make_gta5,
+    make_synthia,
+    save,
+    write_png16,
+)
 
 RAW = SegmentationTransform(size=None)  # no resizing: labels come back pixel for pixel
 
@@ -61,7 +76,8 @@ def test_gta5_reads_palette_labels_as_ids(tmp_path):
     sample = dataset[1]
     assert sample["name"] == "00001.png" and sample["index"] == 1
     assert sample["image"].shape == (3, 20, 30) and sample["image"].dtype == torch.float32
-    assert torch.equal(sample["label"], torch.from_numpy(L.CITYSCAPES_ID_TO_TRAIN_ID[raw[1]]).long())
+    expected = torch.from_numpy(L.CITYSCAPES_ID_TO_TRAIN_ID[raw[1]]).long()
+    assert torch.equal(sample["label"], expected)
     assert (sample["label"] == 255).any()  # ids 34..40 are unknown
 
 
@@ -89,7 +105,8 @@ def test_cityscapes_splits_and_unlabelled_target(tmp_path):
     assert [s.image.name for s in dataset.samples][0] == "frankfurt_000000_000019_leftImg8bit.png"
     sample = dataset[0]
     assert sample["name"] == "frankfurt/frankfurt_000000_000019_leftImg8bit.png"
-    assert torch.equal(sample["label"], torch.from_numpy(L.CITYSCAPES_ID_TO_TRAIN_ID[val[0]]).long())
+    expected = torch.from_numpy(L.CITYSCAPES_ID_TO_TRAIN_ID[val[0]]).long()
+    assert torch.equal(sample["label"], expected)
     target = Cityscapes(tmp_path, "train", labels=False, transform=RAW)
     assert len(target) == 4 and "label" not in target[0]
     with pytest.raises(DatasetError, match="gtFine/train"):

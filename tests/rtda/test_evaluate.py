@@ -169,3 +169,15 @@ def test_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="not a checkpoint dict"):
         read_checkpoint(tmp_path / "list.pt")
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # no temporary left over
+
+
+def test_toy_dataset_by_root(checkpoint, tmp_path, capsys):
+    from rtda.data.toy import ToyConfig, generate_toy
+
+    generate_toy(tmp_path / "toy", ToyConfig(num_source=1, num_target=1, num_val=2, height=48,
+                                             width=96), workers=1, progress=False)
+    args = ["--checkpoint", str(checkpoint), "--dataset", "toy", "--quiet", "--workers", "0"]
+    assert ev.main([*args, "--root", str(tmp_path / "toy"), "--json", "-"]) == 0
+    assert '"images": 2' in capsys.readouterr().out
+    assert ev.main([*args, "--root", str(tmp_path)]) == 2
+    assert "is not a toy pair" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from rtda.data import GTA5, Cityscapes, DatasetError, SegmentationTransform
 from rtda.data.labels import LABEL_ID
@@ -49,7 +50,7 @@ def test_layout_is_read_by_the_real_loaders(tmp_path):
 
 def test_scenes_hold_every_required_class_and_the_styles_differ():
     counts = {"source": {}, "target": {}}
-    colours = {"source": [], "target": []}
+    colours = {"source": {}, "target": {}}
     for style in (SOURCE, TARGET):
         for i in range(12):
             rgb, ids = draw_scene(np.random.default_rng(i), (128, 256), style)
@@ -57,12 +58,17 @@ def test_scenes_hold_every_required_class_and_the_styles_differ():
             for name in (*REQUIRED, "ego vehicle"):
                 counts[style.name][name] = counts[style.name].get(name, 0) + int(
                     (ids == LABEL_ID[name]).sum())
-            colours[style.name].append(rgb[ids == LABEL_ID["road"]].mean(0))
+            for name in ("sky", "building", "vegetation", "road"):
+                if (ids == LABEL_ID[name]).any():
+                    colours[style.name].setdefault(name, []).append(
+                        rgb[ids == LABEL_ID[name]].mean(0))
     for name in REQUIRED:
         assert counts["source"][name] > 0 and counts["target"][name] > 0, name
     assert counts["source"]["ego vehicle"] == 0 and counts["target"]["ego vehicle"] > 0
-    gap = np.abs(np.mean(colours["source"], 0) - np.mean(colours["target"], 0)).max()
-    assert gap > 15  # the road does not look the same in the two domains
+    gaps = {name: np.abs(np.mean(colours["source"][name], 0)
+                         - np.mean(colours["target"][name], 0)).max()
+            for name in colours["source"]}
+    assert np.mean(list(gaps.values())) > 15  # the classes do not look the same in the domains
 
 
 def test_target_style_is_noisy_and_blurred():
@@ -98,8 +104,10 @@ def test_cli(tmp_path, capsys, monkeypatch):
     assert "wrote 5 images" in capsys.readouterr().out
     assert GTA5(out / "source", transform=SegmentationTransform(size=None))[0]["image"].shape == (
         3, 64, 96)
-    assert main(argv) == 0
+    assert main([*argv, "--preview", str(tmp_path / "preview.png")]) == 0
     assert "already holds" in capsys.readouterr().out
+    with Image.open(tmp_path / "preview.png") as preview:
+        assert preview.size == (4 * 256, 2 * round(256 * 64 / 96))
     with pytest.raises(SystemExit):
         main(["--out", str(out), "--size", "big"])
     with pytest.raises(SystemExit):
