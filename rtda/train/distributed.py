@@ -1,0 +1,73 @@
+"""Distributed glue: ``torchrun --nproc_per_node=N -m rtda.train ...`` runs one process per rank.
+
+gloo on CPU, nccl on GPU. Each process takes ``batch_size / N`` samples of the same global order
+(:class:`rtda.train.sampler.ResumableSampler`), models are wrapped in DistributedDataParallel (its
+gradient averaging makes N processes with batch B/N match one process with batch B), and only
+rank 0 writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def init_world(device_kind: str) -> World:
+    """The process group from torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK), if any."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def wrap(module: torch.nn.Module, world: World, device: torch.device,
+         sync_bn: bool = False) -> torch.nn.Module:
+    if not world.distributed:
+        return module
+    if sync_bn:
+        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return getattr(module, "module", module)
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def any_flag(flag: bool, world: World) -> bool:
+    """True on every rank when any rank raised ``flag`` (a stop request, a NaN)."""
+    if not world.distributed:
+        return flag
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
