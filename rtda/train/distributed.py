@@ -41,13 +41,29 @@ def init_world(device_kind: str) -> World:
 
 
 def wrap(module: torch.nn.Module, world: World, device: torch.device,
-         sync_bn: bool = False) -> torch.nn.Module:
+         sync_bn: bool = False, find_unused_parameters: bool = False) -> torch.nn.Module:
+    """``module`` in DistributedDataParallel when the run is distributed (SyncBatchNorm first when
+    asked: it needs CUDA). ``find_unused_parameters``: the segmenter's auxiliary heads get no
+    gradient from the target pass of an adaptation step."""
     if not world.distributed:
         return module
     if sync_bn:
+        if device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA devices (SyncBatchNorm does not run on CPU)")
         module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+def mean_over_ranks(values: dict[str, float], world: World) -> dict[str, float]:
+    """The per-rank losses averaged over the ranks (what a single process would log)."""
+    if not world.distributed or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return {k: float(v) / world.size for k, v in zip(keys, tensor)}
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:

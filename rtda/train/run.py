@@ -29,7 +29,8 @@ from rtda.models import build_discriminator, build_segmenter
 from rtda.models.discriminators import WIDTHS
 from rtda.train import checkpointing
 from rtda.train.config import TrainConfig, save_config
-from rtda.train.distributed import World, any_flag, barrier, init_world, unwrap, wrap
+from rtda.train.distributed import (World, any_flag, barrier, init_world, mean_over_ranks,
+                                    unwrap, wrap)
 from rtda.train.sampler import ResumableSampler
 from rtda.train.step import StepSettings, train_step
 
@@ -147,7 +148,8 @@ class Trainer:
     def _build_models(self) -> None:
         c = self.config
         segmenter = build_segmenter(c.backbone, 19, c.pretrained).to(self.device)
-        self.segmenter = wrap(segmenter, self.world, self.device, c.sync_bn)
+        self.segmenter = wrap(segmenter, self.world, self.device, c.sync_bn,
+                              find_unused_parameters=c.mode == "adapt")
         self.seg_optimizer = torch.optim.SGD(segmenter.parameters(), lr=c.seg_lr,
                                              momentum=c.momentum, weight_decay=c.weight_decay)
         self.seg_scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -284,6 +286,7 @@ class Trainer:
                 losses = train_step(self.segmenter, self.discriminator, self.seg_optimizer,
                                     self.d_optimizer, source, target, self.settings,
                                     self.scaler)
+                losses = mean_over_ranks(losses, self.world)
                 bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
                 if any_flag(bool(bad), self.world):
                     named = ", ".join(f"{k} = {v}" for k, v in bad.items()) or "on another rank"
