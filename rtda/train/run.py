@@ -29,8 +29,15 @@ from rtda.models import build_discriminator, build_segmenter
 from rtda.models.discriminators import WIDTHS
 from rtda.train import checkpointing
 from rtda.train.config import TrainConfig, save_config
-from rtda.train.distributed import (World, any_flag, barrier, init_world, mean_over_ranks,
-                                    unwrap, wrap)
+from rtda.train.distributed import (
+    World,
+    any_flag,
+    barrier,
+    init_world,
+    mean_over_ranks,
+    unwrap,
+    wrap,
+)
 from rtda.train.sampler import ResumableSampler
 from rtda.train.step import StepSettings, train_step
 
