@@ -120,8 +120,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "authors-code": {"lambda_adv": 0.001, "d_lr": 2e-4, "seg_lr": 5e-4, "batch_size": 2,
                      "iterations": 60000, "schedule_iterations": 125000},
     "toy": {"backbone": "resnet18", "source": "toy", "target": "toy", "resolution": (128, 256),
-            "batch_size": 4, "iterations": 600, "seg_lr": 1e-2, "d_lr": 1e-4, "flip": True,
-            "val_every": 200, "checkpoint_every": 100, "log_every": 10},
+            "batch_size": 4, "iterations": 300, "seg_lr": 1e-2, "d_lr": 1e-4, "flip": True,
+            "val_every": 100, "checkpoint_every": 100, "log_every": 10},
 }
 
 _FIELDS = {f.name: f for f in fields(TrainConfig) if f.name != "extra"}
