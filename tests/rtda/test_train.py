@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import signal
 import subprocess
@@ -313,3 +314,27 @@ def test_two_gloo_processes_match_one_process(toy, tmp_path):
     one = checkpointing.read(tmp_path / "one" / "last.pt")
     two = checkpointing.read(tmp_path / "two" / "last.pt")
     assert one["data"] == two["data"]  # the same global samples were consumed
+
+
+def test_bf16_autocast_iteration(toy, tmp_path):
+    trainer = Trainer(_config(toy, tmp_path / "bf16", iterations=1, amp="bf16"), progress=False)
+    result = trainer.train()
+    assert result["iteration"] == 1 and all(math.isfinite(v) for v in result["losses"].values())
+    with pytest.raises(ValueError, match="amp must be one of"):
+        resolve_config("toy", overrides={"amp": "fp8"})
+
+
+def test_table1_runs_each_row_and_reads_finished_runs_back(toy, tmp_path, capsys):
+    from rtda.train import table1
+
+    argv = ["--seeds", "0", "1", "--out", str(tmp_path / "t"), "--iterations", "1",
+            "--source-root", str(toy.source), "--target-root", str(toy.target),
+            "--resolution", "128x64", "--workers", "0", "--quiet"]
+    assert table1.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| source only |" in out and "| target only (oracle) |" in out and "± " in out
+    assert len(list((tmp_path / "t").glob("*-seed*"))) == 6
+    stamp = (tmp_path / "t" / "adapt-fused-seed0" / "last.pt").stat().st_mtime_ns
+    assert table1.main(argv) == 0  # finished runs are read back, not trained again
+    assert (tmp_path / "t" / "adapt-fused-seed0" / "last.pt").stat().st_mtime_ns == stamp
+    assert capsys.readouterr().out.split("Table I")[1] == out.split("Table I")[1]

@@ -1,0 +1,105 @@
+"""``python -m rtda.train.table1``: Table I of the paper on the toy pair — target val mIoU of
+source-only training, adaptation (``--fused``) and target-only training (the oracle), per seed
+and as mean +- std.
+
+Each run is an ordinary ``rtda.train`` run in ``OUT/<row>-seed<N>`` with the ``toy`` preset; a run
+that already finished is read back, one that stopped is resumed, so the command can be
+interrupted and started again. The score is the final model's val mIoU (not the best one, which
+would select on the val split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from rtda.train import checkpointing
+from rtda.train.config import resolve_config
+from rtda.train.run import Trainer
+
+ROWS = (("source-only", "source only", {"mode": "source-only"}),
+        ("adapt-fused", "adapted (FCD-Light&Thin, fused)", {"mode": "adapt", "fused": True}),
+        ("target-only", "target only (oracle)", {"mode": "target-only"}))
+
+
+def _final_miou(run_dir: Path, iteration: int) -> float | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    scores = [r["miou"] for r in rows if r["kind"] == "val" and r["iteration"] == iteration]
+    return scores[-1] if scores else None
+
+
+def run_row(slug: str, overrides: dict, seed: int, out: Path, extra: dict,
+            progress: bool) -> float:
+    """The final val mIoU of one (row, seed) run, training or resuming it if needed."""
+    run_dir = out / f"{slug}-seed{seed}"
+    config = resolve_config("toy", overrides={**extra, **overrides, "seed": seed,
+                                              "out": str(run_dir)})
+    state = None
+    if (run_dir / "last.pt").exists() or any(run_dir.glob("iter_*.pt")):
+        state = checkpointing.read(checkpointing.latest(run_dir))
+        if state["iteration"] >= config.iterations:
+            miou = _final_miou(run_dir, config.iterations)
+            if miou is not None:
+                return miou
+    result = Trainer(config, resume=state, progress=progress).train()
+    if result["reason"] != "finished" or result["val_miou"] is None:
+        raise RuntimeError(f"{run_dir}: the run {result['reason']} at iteration "
+                           f"{result['iteration']} without a final val score")
+    return result["val_miou"]
+
+
+def format_table(scores: dict[str, list[float]], seeds: list[int]) -> str:
+    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+             "|---|" + "---:|" * (len(seeds) + 1)]
+    for _, title, _ in ROWS:
+        values = [100 * v for v in scores[title]]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        lines.append(f"| {title} | " + " | ".join(f"{v:.2f}" for v in values)
+                     + f" | {statistics.mean(values):.2f} ± {spread:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rtda.train.table1", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("runs/table1"))
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="iterations per run (default: the toy preset's)")
+    parser.add_argument("--source-root", default=None, help="a toy pair's source (default: the "
+                                                            "built-in one)")
+    parser.add_argument("--target-root", default=None)
+    parser.add_argument("--resolution", default=None, metavar="WxH")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    extra = {k: v for k, v in {"iterations": args.iterations, "source_root": args.source_root,
+                               "target_root": args.target_root, "resolution": args.resolution,
+                               "workers": args.workers}.items() if v is not None}
+    scores: dict[str, list[float]] = {title: [] for _, title, _ in ROWS}
+    try:
+        for seed in args.seeds:
+            for slug, title, overrides in ROWS:
+                miou = run_row(slug, overrides, seed, args.out, extra, not args.quiet)
+                scores[title].append(miou)
+                print(f"seed {seed}, {title}: target val mIoU {100 * miou:.2f}", flush=True)
+    except (ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    table = format_table(scores, args.seeds)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table1.md").write_text(table + "\n")
+    (args.out / "table1.json").write_text(json.dumps({"seeds": args.seeds, "miou": scores},
+                                                     indent=2) + "\n")
+    print(f"\nTable I on the toy pair (target val mIoU, %):\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
