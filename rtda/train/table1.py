@@ -55,13 +55,17 @@ def run_row(slug: str, overrides: dict, seed: int, out: Path, extra: dict,
 
 
 def format_table(scores: dict[str, list[float]], seeds: list[int]) -> str:
-    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
-             "|---|" + "---:|" * (len(seeds) + 1)]
+    """A Markdown table; the mean ± std column only when there are several seeds."""
+    several = len(seeds) > 1
+    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds)
+             + (" | mean ± std |" if several else " |"),
+             "|---|" + "---:|" * (len(seeds) + several)]
     for _, title, _ in ROWS:
         values = [100 * v for v in scores[title]]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        lines.append(f"| {title} | " + " | ".join(f"{v:.2f}" for v in values)
-                     + f" | {statistics.mean(values):.2f} ± {spread:.2f} |")
+        cells = [f"{v:.2f}" for v in values]
+        if several:
+            cells.append(f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}")
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
