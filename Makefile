@@ -20,7 +20,8 @@ $(STAMP): $(PY) pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*/*.cpp
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH)" numpy
 	$(PIP) install --quiet "scikit-build-core>=0.10" "cmake>=3.21" ninja triton \
-		"pytest>=8" "hypothesis>=6" "pytest-benchmark>=4"
+		"pytest>=8" "hypothesis>=6" "pytest-benchmark>=4" \
+		"onnx>=1.16" "onnxscript>=0.3" "onnxruntime>=1.18"
 	$(PIP) install --quiet --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -33,7 +33,9 @@ def _check_backend_dtype(backend: str, dtype: torch.dtype, name: str = "x") -> N
 def _check_dwsep_args(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, negative_slope):
     _checks.tensor("x", x, dims=4)
     n, c_in, height, width = x.shape
-    if min(n, c_in, height, width) < 1:
+    # One comparison per size (not min(...)): under torch.export, min() would tie the symbolic
+    # sizes to each other with guards like "batch <= channels".
+    if any(size < 1 for size in (n, c_in, height, width)):
         raise ValueError(f"x must be N x C_in x H x W with every size >= 1, got {tuple(x.shape)}")
     _checks.tensor("dw_weight", dw_weight, dims=4)
     k = dw_weight.shape[-1]
