@@ -3,7 +3,9 @@
 ``prepare_for_inference`` copies a segmenter, switches it to eval, folds every BatchNorm into the
 convolution that feeds it (eval-mode BatchNorm is a per-channel affine map, so ``conv -> bn``
 becomes one conv with rescaled weights and a bias), drops the auxiliary heads (only training
-reads them) and converts it to ``channels_last`` and the requested precision.
+reads them), rearranges the fusion conv so that the context features are mixed before they are
+upsampled (``rtda.models.deployed``) and converts it to ``channels_last`` and the requested
+precision.
 :class:`Segmenter` wraps that model with the pre- and post-processing a user needs: images of any
 size and type in, train-id maps (or logits) at the images' own size out.
 """
@@ -25,6 +27,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from rtda.checkpoints import load_segmenter
 from rtda.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rtda.models import OUTPUT_STRIDE, BiSeNet
+from rtda.models.deployed import DeployedBiSeNet
 
 PRECISIONS: dict[str, torch.dtype] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -56,13 +59,14 @@ def fold_batchnorm(model: nn.Module) -> int:
 
 
 def prepare_for_inference(model: BiSeNet, precision: str = "float32",
-                          device: str | torch.device = "cpu") -> BiSeNet:
-    """A deployment copy of ``model``: eval mode, BatchNorm folded, auxiliary heads dropped,
-    ``channels_last``, ``precision`` and ``device``. The original is left untouched."""
+                          device: str | torch.device = "cpu") -> DeployedBiSeNet:
+    """A deployment copy of ``model``: eval mode, BatchNorm folded, auxiliary heads dropped, the
+    fusion conv in its cheaper tap form (``DeployedBiSeNet``), ``channels_last``, ``precision``
+    and ``device``. The original is left untouched."""
     dtype = _dtype(precision)
-    lean = copy.deepcopy(model).eval()
-    fold_batchnorm(lean)
-    lean.drop_auxiliary_heads()
+    folded = copy.deepcopy(model).eval()
+    fold_batchnorm(folded)
+    lean = DeployedBiSeNet(folded).eval()
     for parameter in lean.parameters():
         parameter.requires_grad_(False)
     return lean.to(device=device, dtype=dtype, memory_format=torch.channels_last)
@@ -109,7 +113,9 @@ class Segmenter:
         self.config = config
         self.resolution = _resolution(resolution, config)
         self.model = prepare_for_inference(model, precision, self.device)
-        self._forward = torch.compile(self.model) if compile else self.model
+        # freezing: inductor treats the weights as constants (folds and prepacks them for oneDNN)
+        self._forward = (torch.compile(self.model, options={"freezing": True}) if compile
+                         else self.model)
 
     # -- public API ---------------------------------------------------------------------------
     @torch.inference_mode()

@@ -102,21 +102,12 @@ class BiSeNet(nn.Module):
     def backbone(self) -> str:
         return self.context_path.name
 
-    def drop_auxiliary_heads(self) -> None:
-        """Remove the auxiliary heads (inference never reads them); the model can no longer be
-        trained."""
-        self.aux16 = None
-        self.aux32 = None
-
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x must be an N x 3 x H x W image batch, got {shape}")
         if x.shape[1] != 3:
             raise ValueError(f"x must have 3 (RGB) channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-        if self.training and self.aux16 is None:
-            raise RuntimeError("this BiSeNet was prepared for inference (auxiliary heads "
-                               "dropped): it cannot run in training mode")
         if self.training and x.shape[0] < 2:
             raise ValueError(
                 "BiSeNet in training mode needs a batch of at least 2 images: its attention "

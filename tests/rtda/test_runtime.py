@@ -58,7 +58,7 @@ def test_folded_model_matches_the_training_model_in_eval_mode(backbone):
     batchnorms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     lean = prepare_for_inference(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in lean.modules())
-    assert lean.aux16 is None and lean.aux32 is None
+    assert not hasattr(lean, "aux16") and not hasattr(lean, "aux32")
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == batchnorms  # untouched
     x = torch.randn(2, 3, *RESOLUTION)
     with torch.inference_mode():
@@ -172,3 +172,16 @@ def test_segmenter_bad_arguments(tmp_path, checkpoint, model):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read"):
         Segmenter(tmp_path / "junk.pt")
+
+
+def test_deployed_bisenet_other_class_counts_and_unfolded_models():
+    from rtda.models.deployed import DeployedBiSeNet
+
+    torch.manual_seed(0)
+    model = _trained_like(build_segmenter("resnet18", num_classes=7)).eval()
+    with pytest.raises(ValueError, match="folded model"):
+        DeployedBiSeNet(model)
+    x = torch.randn(1, 3, *RESOLUTION)
+    with torch.inference_mode():
+        torch.testing.assert_close(prepare_for_inference(model)(x), model(x), atol=1e-4,
+                                   rtol=1e-4)

@@ -1,0 +1,87 @@
+"""``DeployedBiSeNet``: a folded BiSeNet rearranged for inference, same function, less work.
+
+BiSeNet upsamples the context features (256 channels at stride 16, 512 at stride 32 for R18) to
+stride 8, concatenates them with the spatial path and runs a 3x3 conv down to ``num_classes``
+channels. Channel mixing commutes with per-channel bilinear upsampling, so each of the conv's 9
+taps can mix the context channels *before* upsampling, at 1/4 and 1/16 of the pixels: a 1x1 conv
+to ``9 * num_classes`` "tap" channels, bilinear upsampling of those few channels, then a fixed
+grouped 3x3 conv that adds each tap at its offset (zero padding, as the original conv). The
+result equals the original up to float rounding; it skips most of the fusion conv's multiply-adds
+on the context part and the upsampled 768-channel concatenation. Everything is a standard op, so
+``torch.compile`` and ONNX export see plain convolutions and resizes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rtda.models.bisenet import BiSeNet
+
+
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class DeployedBiSeNet(nn.Module):
+    """BiSeNet's eval-mode ``forward`` from a BatchNorm-folded BiSeNet (see module docstring).
+
+    Built with :meth:`from_folded`; holds the original spatial and context paths, attention
+    modules and classifier, and the fusion conv split into its spatial part and its tap form.
+    """
+
+    def __init__(self, model: BiSeNet) -> None:
+        super().__init__()
+        conv = model.ffm.block[0]
+        geometry = (conv.kernel_size, conv.stride, conv.padding, conv.groups)
+        if geometry != ((3, 3), (1, 1), (1, 1), 1):
+            raise ValueError("DeployedBiSeNet expects the fusion block's 3x3 stride-1 conv")
+        if not isinstance(model.ffm.block[1], nn.Identity):
+            raise ValueError("DeployedBiSeNet needs a folded model (rtda.runtime.fold_batchnorm)")
+        self.num_classes = model.num_classes
+        self.backbone = model.backbone
+        self.spatial_path = model.spatial_path
+        self.context_path = model.context_path
+        self.arm16, self.arm32 = model.arm16, model.arm32
+        self.attention1, self.attention2 = model.ffm.conv1, model.ffm.conv2
+        self.classifier = model.classifier
+        c16, c32 = self.context_path.channels
+        spatial = conv.in_channels - c16 - c32
+        weight, classes = conv.weight.detach(), conv.out_channels
+        self.fusion_spatial = nn.Conv2d(spatial, classes, 3, padding=1, bias=conv.bias is not None)
+        self.fusion_spatial.weight.data.copy_(weight[:, :spatial])
+        if conv.bias is not None:
+            self.fusion_spatial.bias.data.copy_(conv.bias.detach())
+        self.taps16 = self._taps(weight[:, spatial:spatial + c16])
+        self.taps32 = self._taps(weight[:, spatial + c16:])
+        # out[o] = sum over taps k = 3 * dy + dx of in[9 * o + k] shifted by (dy - 1, dx - 1)
+        self.tap_sum = nn.Conv2d(9 * classes, classes, 3, padding=1, groups=classes, bias=False)
+        one_hot = torch.eye(9, dtype=weight.dtype).view(1, 9, 3, 3).repeat(classes, 1, 1, 1)
+        self.tap_sum.weight.data.copy_(one_hot)
+
+    @staticmethod
+    def _taps(weight: torch.Tensor) -> nn.Conv2d:
+        """1x1 conv whose output channel 9 * o + k is tap k of the 3x3 conv's output o."""
+        classes, channels = weight.shape[:2]
+        taps = nn.Conv2d(channels, 9 * classes, 1, bias=False)
+        taps.weight.data.copy_(weight.permute(0, 2, 3, 1).reshape(9 * classes, channels, 1, 1))
+        return taps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise RuntimeError("DeployedBiSeNet is BiSeNet prepared for inference (BatchNorm "
+                               "folded, auxiliary heads dropped): it cannot be trained")
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"x must be an N x 3 x H x W image batch, got {tuple(x.shape)}")
+        size = x.shape[2:]
+        spatial = self.spatial_path(x)
+        stride16, stride32 = self.context_path(x)
+        context16 = self.arm16(stride16)
+        context32 = self.arm32(stride32) * stride32.mean((2, 3), keepdim=True)
+        grid = spatial.shape[2:]
+        taps = _resize(self.taps16(context16), grid) + _resize(self.taps32(context32), grid)
+        features = F.relu(self.fusion_spatial(spatial) + self.tap_sum(taps))
+        pooled = features.mean((2, 3), keepdim=True)
+        attention = torch.sigmoid(self.attention2(F.relu(self.attention1(pooled))))
+        return _resize(self.classifier(features * attention + features), size)
