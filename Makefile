@@ -42,8 +42,9 @@ test-python: setup
 check-cuda: setup
 	PYTHON=$(PY) bash scripts/check_cuda.sh
 
+# Every benchmark (pytest bench --benchmark-only), rendered as docs/benchmarks.md with charts.
 bench: setup
-	$(PY) -m pytest bench --benchmark-only
+	$(PY) -m bench.report
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .benchmarks

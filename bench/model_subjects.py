@@ -1,10 +1,10 @@
-"""The models' benchmark subjects: the paper's three discriminators and BiSeNet-R18 inference.
+"""The models' benchmark subjects: the paper's three discriminators.
 
 Built like ``bench.subjects`` (a ``Subject`` with one callable per provider, timed through
 ``make_case``): ``eager`` is the model with plain PyTorch layers, ``compile`` its
 ``torch.compile``, ``fused`` the same weights with the ``rtda_kernels`` layers on the C++
-backend. ``fcd`` has no depthwise-separable layer and BiSeNet none at all, so they have no
-``fused`` provider.
+backend. ``fcd`` has no depthwise-separable layer, so it has no ``fused`` provider. BiSeNet
+inference is benchmarked in ``bench/test_inference.py``.
 """
 
 from __future__ import annotations
@@ -15,14 +15,12 @@ from typing import NamedTuple
 import torch
 
 from bench.subjects import Subject, _compiled, _on_cpu_backend
-from rtda.models import DISCRIMINATORS, build_discriminator, build_segmenter
+from rtda.models import DISCRIMINATORS, build_discriminator
 
-# The paper's training shape at the discriminator (batch 4, softmax of 19 classes, 512x1024) and
-# BiSeNet's inference input; smoke runs use the small ones.
+# The paper's training shape at the discriminator (batch 4, softmax of 19 classes, 512x1024);
+# smoke runs use the small one.
 DISCRIMINATOR_SHAPE = (4, 19, 512, 1024)
 DISCRIMINATOR_SMOKE_SHAPE = (1, 19, 64, 64)
-SEGMENTER_SHAPE = (1, 3, 512, 1024)
-SEGMENTER_SMOKE_SHAPE = (1, 3, 64, 64)
 
 
 def build_discriminator_subject(name: str, seed: int = 0) -> Subject:
@@ -37,15 +35,6 @@ def build_discriminator_subject(name: str, seed: int = 0) -> Subject:
         models["fused"] = _on_cpu_backend(fused)
         parameters += list(fused.parameters())
     return Subject(name, models, parameters)
-
-
-def build_bisenet_r18(seed: int = 0) -> Subject:
-    """BiSeNet-R18 in eval mode (inference: the main output only)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = build_segmenter("resnet18").eval()
-    return Subject("bisenet_resnet18 inference", {"eager": model, "compile": _compiled(model)},
-                   list(model.parameters()))
 
 
 class ModelBench(NamedTuple):
@@ -63,6 +52,4 @@ MODEL_SUBJECTS: dict[str, ModelBench] = {
                         DISCRIMINATOR_SHAPE, DISCRIMINATOR_SMOKE_SHAPE,
                         ("eager", "compile") if name == "fcd" else ("eager", "compile", "fused"))
        for name in DISCRIMINATORS},
-    "bisenet_resnet18": ModelBench(build_bisenet_r18, ("fwd",), SEGMENTER_SHAPE,
-                                   SEGMENTER_SMOKE_SHAPE, ("eager", "compile")),
 }

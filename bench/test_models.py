@@ -1,6 +1,6 @@
 """pytest-benchmark suite for the models: the three discriminators at the paper's training shape
-(batch 4, 19 x 512 x 1024), forward and forward+backward, eager vs torch.compile vs fused; and
-BiSeNet-R18 inference at 3 x 512 x 1024, eager vs torch.compile (``bench.model_subjects``).
+(batch 4, 19 x 512 x 1024), forward and forward+backward, eager vs torch.compile vs fused
+(``bench.model_subjects``). BiSeNet inference is ``bench/test_inference.py``.
 
 Groups read like ``"fcd_light fwd+bwd (4,19,512,1024)"``. A round of ``fcd`` forward+backward
 at this shape takes seconds on 2 cores, so the rounds are few; with ``--benchmark-disable`` (the

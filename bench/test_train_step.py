@@ -2,9 +2,10 @@
 
 BiSeNet-R18 with each discriminator at batch 2 x 3 x 256 x 512 (the source and the target batch),
 the losses of ``rtda.train.step.train_step``: ``plain`` is PyTorch (``nn.Conv2d`` layers,
-``F.interpolate`` + BCE), ``fused`` the fused discriminator layers and losses. Groups read
-``"train step fcd_light_thin (2,3,256,512)"``; with ``--benchmark-disable`` every case runs once at
-2 x 3 x 64 x 64.
+``F.interpolate`` + BCE), ``compile`` the same with the segmenter and the discriminator under
+``torch.compile``, ``fused`` the fused discriminator layers and losses (``--fused``). Groups read
+``"train step fcd_light_thin (2,3,256,512)"``; with ``--benchmark-disable`` the plain and fused
+cases run once at 2 x 3 x 64 x 64 (compiling three training graphs would take minutes).
 
     pytest bench/test_train_step.py --benchmark-only
 """
@@ -22,8 +23,9 @@ SHAPE, SMOKE_SHAPE = (2, 3, 256, 512), (2, 3, 64, 64)
 ROUNDS = 3
 
 
-def _case(discriminator: str, fused: bool, shape):
+def _case(discriminator: str, provider: str, shape):
     torch.manual_seed(0)
+    fused = provider == "fused"
     segmenter = build_segmenter("resnet18")
     disc = build_discriminator(discriminator, fused=fused)
     seg_opt = torch.optim.SGD(segmenter.parameters(), lr=1e-4, momentum=0.9)
@@ -33,16 +35,20 @@ def _case(discriminator: str, fused: bool, shape):
               "label": torch.randint(0, 19, (shape[0], *shape[2:]), generator=generator)}
     target = {"image": torch.randn(shape, generator=generator)}
     settings = StepSettings(fused=fused, upsample_map=2 ** len(WIDTHS[discriminator]) == 32)
+    if provider == "compile":
+        segmenter, disc = torch.compile(segmenter), torch.compile(disc)
     return lambda: train_step(segmenter, disc, seg_opt, d_opt, source, target, settings)
 
 
-@pytest.mark.parametrize("provider", ["plain", "fused"])
+@pytest.mark.parametrize("provider", ["plain", "compile", "fused"])
 @pytest.mark.parametrize("discriminator", DISCRIMINATORS)
 def test_train_step(benchmark, discriminator, provider, request):
     smoke = request.config.getoption("benchmark_disable", default=False)
     shape = SMOKE_SHAPE if smoke else SHAPE
+    if smoke and provider == "compile":
+        pytest.skip("compile is benchmarked, not smoke-tested: three training graphs take minutes")
     benchmark.group = f"train step {discriminator} ({','.join(map(str, shape))})"
-    step = _case(discriminator, provider == "fused", shape)
-    step()  # warm-up
+    step = _case(discriminator, provider, shape)
+    step()  # warm-up (compiles the compile provider)
     losses = benchmark.pedantic(step, rounds=1 if smoke else ROUNDS, iterations=1)
     assert set(losses) == {"seg", "adv", "d"} and all(v == v for v in losses.values())

@@ -1,0 +1,92 @@
+"""``python -m bench.report`` and ``bench.roofline``: the page, the charts, the roofline rows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import report
+from bench.roofline import Machine, layer_work, subject_work
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench(file: str, group: str, provider: str, median: float) -> dict:
+    return {"fullname": f"bench/{file}::test_x[{provider}]", "group": group,
+            "params": {"provider": provider}, "stats": {"median": median}}
+
+
+def _results() -> dict:
+    return {"datetime": "2026-12-01T00:00:00", "benchmarks": [
+        _bench("test_dwsep_conv2d.py", "light_thin stack fwd (1,19,512,1024)", "eager", 0.100),
+        _bench("test_dwsep_conv2d.py", "light_thin stack fwd (1,19,512,1024)", "compile", 0.080),
+        _bench("test_dwsep_conv2d.py", "light_thin stack fwd (1,19,512,1024)", "fused", 0.040),
+        _bench("test_train_step.py", "train step fcd (2,3,256,512)", "plain", 3.0),
+        _bench("test_train_step.py", "train step fcd (2,3,256,512)", "fused", 2.0),
+        _bench("test_inference.py", "bisenet_resnet18 inference (1,3,512,1024)", "eager", 1.0),
+        _bench("test_inference.py", "bisenet_resnet18 inference (1,3,512,1024)", "runtime", 0.8),
+        _bench("test_inference.py", "bisenet_resnet18 inference (1,3,512,1024)", "onnxruntime",
+               0.9),
+        {"fullname": "bench/test_memory.py::test_peak", "group": None, "params": None,
+         "stats": {"median": 1.0}},  # not a provider comparison: ignored
+    ]}
+
+
+def test_render_writes_tables_charts_and_the_roofline(tmp_path):
+    out = report.render(_results(), tmp_path / "benchmarks.md", "python -m bench.report",
+                        machine=Machine(bandwidth=10e9, flops=50e9))
+    page = out.read_text()
+    assert "| light_thin stack fwd (1,19,512,1024) | 100.0 | 80.0 | 40.0 | 1.25x | 2.50x |" in page
+    assert "| train step fcd (2,3,256,512) | 3,000.0 | 2,000.0 | 1.50x |" in page
+    inference = "| bisenet_resnet18 inference (1,3,512,1024) | 1,000.0 | 800.0 | 900.0 |"
+    assert inference + " 1.25x | 1.11x |" in page
+    assert "test_memory" not in page and "CPU:" in page and "torch " in page
+    charts = sorted((tmp_path / "benchmarks").glob("*.png"))
+    assert len(charts) == 3 and all(c.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for c in charts)
+    for chart in charts:
+        assert f"(benchmarks/{chart.name})" in page
+    work = subject_work("light_thin stack", (1, 19, 512, 1024), "fwd")
+    bound = max(work.bytes / 10e9, work.flops / 50e9)
+    row = next(line for line in page.splitlines()
+               if line.startswith("| light_thin stack fwd") and "%" in line)
+    assert row.endswith(f"| 40.0 | {100 * bound / 0.040:.0f} % |")
+
+
+def test_layer_work_counts_bytes_and_flops():
+    work = layer_work((1, 19, 8, 8), 64, "fwd")
+    assert work.bytes == 4 * (19 * 64 + 64 * 16)  # x in, y out (4 x 4 output)
+    assert work.flops == 2 * 16 * 19 * (16 + 64)
+    both = layer_work((1, 19, 8, 8), 64, "fwd+bwd")
+    assert both.bytes == 3 * work.bytes  # + grad_y, x, y read and grad_x written
+    assert both.flops == 3 * work.flops + 2 * 16 * 19 * 16  # + the depthwise recomputation
+    assert subject_work("adversarial_loss", (1, 1, 8, 8), "fwd") is None
+    with pytest.raises(ValueError, match="pass_"):
+        layer_work((1, 19, 8, 8), 64, "bwd")
+
+
+def test_render_rejects_json_without_known_benchmarks(tmp_path):
+    with pytest.raises(ValueError, match="no benchmark of a known suite"):
+        report.render({"benchmarks": []}, tmp_path / "b.md", "x")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert report.main(["--json", str(bad), "--out", str(tmp_path / "b.md")]) == 2
+
+
+def test_report_from_a_real_tiny_benchmark_run(tmp_path):
+    """pytest-benchmark's own JSON (two providers of one small group) renders."""
+    data = tmp_path / "run.json"
+    code = subprocess.call(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "bench/test_dwsep_conv2d.py",
+         "--benchmark-only", "--benchmark-min-rounds=2", f"--benchmark-json={data}",
+         "-k", "2x19x256x512 and op and fwd and not bwd and not compile"], cwd=ROOT)
+    assert code == 0
+    assert len(json.loads(data.read_text())["benchmarks"]) == 2
+    out = tmp_path / "page.md"
+    assert report.main(["--json", str(data), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "dwsep_conv2d op fwd (2,19,256,512)" in page and "fused / bound" in page
