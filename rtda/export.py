@@ -115,12 +115,13 @@ class CheckResult:
     max_abs_diff: float
     agreement: float  # fraction of pixels with the same argmax (or the same sign, one channel)
     images: int
+    decision: str = "argmax"  # what ``agreement`` compares: "argmax", or "sign" for one channel
 
     def passed(self, atol: float = ATOL, min_agreement: float = MIN_AGREEMENT) -> bool:
         return self.max_abs_diff <= atol and self.agreement >= min_agreement
 
     def __str__(self) -> str:
-        return (f"max |logit difference| {self.max_abs_diff:.2e}, same argmax on "
+        return (f"max |logit difference| {self.max_abs_diff:.2e}, same {self.decision} on "
                 f"{100 * self.agreement:.3f} % of pixels ({self.images} images)")
 
 
@@ -131,7 +132,7 @@ def check_onnx(path: str | os.PathLike, model: nn.Module, inputs: torch.Tensor) 
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    worst, same, pixels = 0.0, 0, 0
+    worst, same, pixels, decision = 0.0, 0, 0, "argmax"
     with torch.inference_mode():
         for x in inputs.split(1):
             expected = model(x).float()
@@ -141,11 +142,12 @@ def check_onnx(path: str | os.PathLike, model: nn.Module, inputs: torch.Tensor) 
                                   f"{tuple(expected.shape)}")
             worst = max(worst, float((got - expected).abs().max()))
             if expected.shape[1] == 1:
+                decision = "sign"
                 same += int(((got > 0) == (expected > 0)).sum())
             else:
                 same += int((got.argmax(1) == expected.argmax(1)).sum())
             pixels += expected[:, 0].numel()
-    return CheckResult(worst, same / pixels, inputs.shape[0])
+    return CheckResult(worst, same / pixels, inputs.shape[0], decision)
 
 
 def check_images(spec: str | None, count: int, resolution: tuple[int, int]) -> torch.Tensor:
@@ -157,9 +159,7 @@ def check_images(spec: str | None, count: int, resolution: tuple[int, int]) -> t
         from rtda.data.toy import ensure_toy
 
         spec = str(ensure_toy().target / "leftImg8bit" / "val")
-        files, _ = image_files(spec, recursive=True)
-    else:
-        files, _ = image_files(spec, recursive=True)
+    files, _ = image_files(spec, recursive=True)
     images = []
     for path in files:
         try:

@@ -83,7 +83,9 @@ def test_fused_discriminator_exports_as_standard_ops(tmp_path, checkpoint, toy_i
     out = tmp_path / "d.onnx"
     code = export.main(["--checkpoint", str(checkpoint), "--model", "discriminator",
                         "--output", str(out), "--check-images", toy_images])
-    assert code == 0, capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "same sign on" in printed
     graph = onnx.load(str(out)).graph
     assert [node.op_type for node in graph.node] == [
         "Conv", "Conv", "LeakyRelu", "Conv", "Conv", "LeakyRelu", "Conv", "Conv"]
