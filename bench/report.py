@@ -81,7 +81,11 @@ def providers_of(groups: Iterable[Group]) -> list[str]:
 
 
 def _ms(seconds: float | None) -> str:
-    return "" if seconds is None else f"{1e3 * seconds:,.1f}"
+    """Milliseconds: one decimal from 10 ms up, three significant digits below."""
+    if seconds is None:
+        return ""
+    ms = 1e3 * seconds
+    return f"{ms:,.1f}" if ms >= 10 else f"{ms:.3g}"
 
 
 def _times(value: float | None) -> str:
@@ -121,7 +125,7 @@ def section_chart(title: str, groups: list[Group], path: Path) -> Path:
     axes.axvline(1.0, color="black", linewidth=0.8)
     axes.set_xlabel("speed-up over eager (higher is faster)")
     axes.set_title(title, fontsize=10)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

@@ -90,3 +90,8 @@ def test_report_from_a_real_tiny_benchmark_run(tmp_path):
     assert report.main(["--json", str(data), "--out", str(out)]) == 0
     page = out.read_text()
     assert "dwsep_conv2d op fwd (2,19,256,512)" in page and "fused / bound" in page
+
+
+def test_milliseconds_keep_three_digits_below_ten():
+    assert report._ms(0.000234) == "0.234" and report._ms(0.0123) == "12.3"
+    assert report._ms(1.5) == "1,500.0" and report._ms(None) == ""
