@@ -94,7 +94,8 @@ class Segmenter:
     BiSeNet). Images are resized to ``resolution`` (default: the checkpoint's training
     resolution, else 512x1024), run through the folded model, and the logits resized back to each
     image's size. ``precision`` is ``float32``, ``bfloat16`` or ``float16``; ``compile=True`` runs
-    the model under ``torch.compile`` (the first call compiles, once per input shape).
+    the model under ``torch.compile`` (the first call compiles, once per input shape; at the
+    model's own resolution ``predict`` compiles the model and the argmax as one graph).
 
     Accepted images: an H x W x 3 uint8 RGB NumPy array, a PIL image, a list of either (of any
     sizes), or an N x 3 x H x W tensor (uint8 0-255 or float 0-1, RGB, not normalised).
@@ -113,9 +114,18 @@ class Segmenter:
         self.config = config
         self.resolution = _resolution(resolution, config)
         self.model = prepare_for_inference(model, precision, self.device)
+        self._forward = self._compiled(self.model) if compile else self.model
+        # At the model's own resolution predict() needs only the argmax: one graph, so that
+        # inductor fuses the final upsampling with the argmax instead of writing 19 full maps.
+        self._train_ids = self._compiled(self._argmax) if compile else self._argmax
+
+    @staticmethod
+    def _compiled(function: Any) -> Any:
         # freezing: inductor treats the weights as constants (folds and prepacks them for oneDNN)
-        self._forward = (torch.compile(self.model, options={"freezing": True}) if compile
-                         else self.model)
+        return torch.compile(function, options={"freezing": True})
+
+    def _argmax(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch).argmax(1).to(torch.uint8)
 
     # -- public API ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -134,9 +144,12 @@ class Segmenter:
         """Train-id maps (uint8) at each image's size: an N x H x W tensor for a tensor batch,
         an H x W array for one NumPy/PIL image, a list of arrays for a list."""
         batch, sizes, kind = self._batch(images)
-        logits = self._forward(batch).float()
-        maps = [self._resize_logits(logits[i:i + 1], size).argmax(1)[0].to(torch.uint8)
-                for i, size in enumerate(sizes)]
+        if all(tuple(size) == self.resolution for size in sizes):
+            maps = list(self._train_ids(batch))
+        else:
+            logits = self._forward(batch).float()
+            maps = [self._resize_logits(logits[i:i + 1], size).argmax(1)[0].to(torch.uint8)
+                    for i, size in enumerate(sizes)]
         if kind == "tensor":
             return torch.stack(maps)
         arrays = [m.cpu().numpy() for m in maps]

@@ -131,8 +131,12 @@ def test_segmenter_from_a_module_a_bare_state_dict_and_in_bfloat16(tmp_path, mod
 def test_segmenter_under_torch_compile(model):
     rgb = _rgb(*RESOLUTION, seed=7)
     eager = Segmenter(model, resolution=RESOLUTION).logits(rgb)
-    compiled = Segmenter(model, resolution=RESOLUTION, compile=True).logits(rgb)
-    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+    segmenter = Segmenter(model, resolution=RESOLUTION, compile=True)
+    torch.testing.assert_close(segmenter.logits(rgb), eager, atol=1e-4, rtol=1e-4)
+    # at the model's resolution predict() runs its own compiled graph (model + argmax)
+    assert (segmenter.predict(rgb) == eager.argmax(0).numpy()).mean() > 0.999
+    other = _rgb(40, 50, seed=8)  # another size: logits resized, then the argmax
+    assert np.array_equal(segmenter.predict(other), segmenter.logits(other).argmax(0).numpy())
 
 
 def test_image_batch_and_normalise():
