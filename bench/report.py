@@ -33,6 +33,7 @@ PROVIDER_ORDER = ("eager", "plain", "compile", "fused", "runtime", "runtime-comp
 SECTIONS = {
     "test_dwsep_conv2d.py": "Fused depthwise-separable conv + LeakyReLU",
     "test_adversarial_loss.py": "Fused pixel-wise adversarial losses",
+    "test_winograd_conv3x3.py": "Winograd 3x3 conv + residual + ReLU (inference, ResNet-18 stages)",
     "test_models.py": "Discriminators (FCD, FCD-Light, FCD-Light&Thin)",
     "test_train_step.py": "One training iteration (BiSeNet-R18 + discriminator, both updates)",
     "test_inference.py": "BiSeNet inference, image to train-id map",

@@ -67,7 +67,7 @@ def _onnxruntime(model: torch.nn.Module, shape: tuple[int, ...]) -> Predict:
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
-        export_onnx(prepare_for_inference(model), torch.zeros(shape), path,
+        export_onnx(prepare_for_inference(model, winograd=False), torch.zeros(shape), path,
                     input_name="image", output_name="logits")
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 

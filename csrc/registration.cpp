@@ -36,4 +36,12 @@ TORCH_LIBRARY(rtda_kernels, m) {
   m.def(
       "discriminator_loss(Tensor d_source, Tensor d_target, float source_label, "
       "float target_label, int[] output_size, bool compute_grad) -> (Tensor, Tensor, Tensor)");
+
+  // Inference only: a 3x3 stride-1 convolution (padding 1) by Winograd F(4x4, 3x3), float32, with
+  // the weight given in its Winograd form (36 x C_in x C_out, see
+  // rtda_kernels.reference.winograd_conv3x3.winograd_weight); y = conv + bias (+ residual), then
+  // ReLU if relu. y is channels_last.
+  m.def(
+      "winograd_conv3x3(Tensor x, Tensor weight_winograd, Tensor? bias, Tensor? residual, "
+      "bool relu) -> Tensor");
 }

@@ -34,6 +34,7 @@ from rtda.data.images import BadSampleError, read_rgb
 from rtda.data.transforms import parse_size
 from rtda.models import DISCRIMINATORS, OUTPUT_STRIDE, build_discriminator
 from rtda.runtime import image_batch, normalise, prepare_for_inference
+from rtda_kernels.nn import WinogradConv2d
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
@@ -68,6 +69,10 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
     (``dynamic_size``) height and width dynamic in steps of ``size_multiple``."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    if any(isinstance(module, WinogradConv2d) for module in model.modules()):
+        raise ValueError("model runs rtda_kernels' Winograd convolutions, which ONNX has no op "
+                         "for: export a model prepared with prepare_for_inference(..., "
+                         "winograd=False)")
     from torch.export import Dim
 
     axes = {0: Dim("batch", min=1, max=1024)}
@@ -241,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if resolution[0] % OUTPUT_STRIDE or resolution[1] % OUTPUT_STRIDE:
             raise ValueError(f"--resolution must be multiples of {OUTPUT_STRIDE}, got "
                              f"{resolution[1]}x{resolution[0]}")
-        lean = prepare_for_inference(segmenter)
+        lean = prepare_for_inference(segmenter, winograd=False)
         inputs = (check_images(args.check_images, args.check_count, resolution)
                   if not args.no_check else torch.zeros(1, 3, *resolution))
         if args.model == "segmenter":

@@ -27,7 +27,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from rtda.checkpoints import load_segmenter
 from rtda.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rtda.models import OUTPUT_STRIDE, BiSeNet
-from rtda.models.deployed import DeployedBiSeNet
+from rtda.models.deployed import DeployedBiSeNet, use_winograd
+from rtda_kernels.ops import winograd_conv3x3 as winograd_ops
 
 PRECISIONS: dict[str, torch.dtype] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -59,17 +60,37 @@ def fold_batchnorm(model: nn.Module) -> int:
 
 
 def prepare_for_inference(model: BiSeNet, precision: str = "float32",
-                          device: str | torch.device = "cpu") -> DeployedBiSeNet:
+                          device: str | torch.device = "cpu",
+                          winograd: bool | None = None) -> DeployedBiSeNet:
     """A deployment copy of ``model``: eval mode, BatchNorm folded, auxiliary heads dropped, the
     fusion conv in its cheaper tap form (``DeployedBiSeNet``), ``channels_last``, ``precision``
-    and ``device``. The original is left untouched."""
+    and ``device``. The original is left untouched.
+
+    ``winograd`` runs the 3x3 stride-1 convs (most of ResNet's work) through rtda_kernels'
+    Winograd F(4x4, 3x3) kernel with the ReLU and residual fused (``use_winograd``); ``None``
+    means: where that kernel exists, on CPU in float32. Export passes ``False`` (standard ops).
+    """
     dtype = _dtype(precision)
+    device = torch.device(device)
+    if winograd is None:
+        winograd = winograd_available(device, dtype)
+    elif winograd and not winograd_available(device, dtype):
+        raise ValueError(f"winograd=True needs the compiled CPU kernel, a CPU device and float32; "
+                         f"got {device}, {precision}")
     folded = copy.deepcopy(model).eval()
     fold_batchnorm(folded)
     lean = DeployedBiSeNet(folded).eval()
+    if winograd:
+        use_winograd(lean)
     for parameter in lean.parameters():
         parameter.requires_grad_(False)
     return lean.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+
+
+def winograd_available(device: str | torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether rtda_kernels' Winograd CPU kernel can run a model on ``device`` in ``dtype``."""
+    return (torch.device(device).type == "cpu" and dtype == torch.float32
+            and winograd_ops.compiled is not None)
 
 
 def _dtype(precision: str) -> torch.dtype:

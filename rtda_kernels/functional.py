@@ -12,6 +12,7 @@ from rtda_kernels import _checks, reference
 from rtda_kernels.backends import select_backend
 from rtda_kernels.ops import adversarial_loss as _loss_ops
 from rtda_kernels.ops import dwsep_conv2d as _dwsep_ops
+from rtda_kernels.ops import winograd_conv3x3 as _winograd_ops
 
 # dtypes each backend computes (accumulating in float32, or float64 for float64).
 _DTYPES = {
@@ -217,3 +218,55 @@ def discriminator_loss(
     op = _loss_op(backend, 1, compute_grad)
     loss, _, _ = op(d_source, d_target, source_value, target_value, size, compute_grad)
     return loss
+
+
+def winograd_conv3x3(
+    x: torch.Tensor,
+    weight_winograd: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    *,
+    relu: bool = False,
+) -> torch.Tensor:
+    """Inference-only 3x3 stride-1 convolution (zero padding 1) by Winograd F(4x4, 3x3):
+    ``conv2d(x, w, bias, padding=1)``, plus ``residual`` if given, then ReLU if ``relu``.
+
+    ``weight_winograd`` is ``winograd_weight(w)`` (36 x C_in x C_out) for a C_out x C_in x 3 x 3
+    weight ``w``, computed once. On the ``cpu`` backend (float32 only) the C++ kernel runs and
+    returns a channels_last tensor; elsewhere the reference. F(4x4, 3x3) does 4x fewer
+    multiply-adds than the direct convolution and rounds differently (a few 1e-6 relative).
+    No autograd: inputs must not require grad (use ``torch.nn.functional.conv2d`` to train).
+    """
+    _checks.tensor("x", x, dims=4)
+    n, c_in, height, width = x.shape
+    if any(size < 1 for size in (n, c_in, height, width)):
+        raise ValueError(f"x must be N x C_in x H x W with every size >= 1, got {tuple(x.shape)}")
+    _checks.tensor("weight_winograd", weight_winograd, dims=3)
+    if weight_winograd.shape[:2] != (36, c_in):
+        raise ValueError(
+            f"weight_winograd must be 36 x C_in x C_out with C_in = {c_in} (see winograd_weight), "
+            f"got {tuple(weight_winograd.shape)}"
+        )
+    c_out = weight_winograd.shape[2]
+    if bias is not None:
+        _checks.shape("bias", _checks.tensor("bias", bias), (c_out,), "(C_out,)")
+    if residual is not None:
+        _checks.shape("residual", _checks.tensor("residual", residual, dims=4),
+                      (n, c_out, height, width), "N x C_out x H x W")
+    _checks.same_dtype_and_device("x", x, weight_winograd=weight_winograd, bias=bias,
+                                  residual=residual)
+    if not isinstance(relu, bool):
+        raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
+    tensors = (x, weight_winograd, bias, residual)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(
+            "winograd_conv3x3 is inference-only (no backward): call it under torch.no_grad() or "
+            "torch.inference_mode(), with inputs that do not require grad"
+        )
+    backend = select_backend(x.device)
+    if backend == "cpu" and _winograd_ops.compiled is not None:
+        if x.dtype != torch.float32:
+            raise TypeError(f"x has dtype {x.dtype}; the cpu backend's winograd_conv3x3 "
+                            "computes float32 only (the reference backend takes any float dtype)")
+        return _winograd_ops.compiled(x, weight_winograd, bias, residual, relu)
+    return reference.winograd_conv3x3(x, weight_winograd, bias, residual, relu)

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtda.models.bisenet import BiSeNet
+from rtda.models.resnet import BasicBlock
+from rtda_kernels.nn import WinogradConv2d
 
 
 def _resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -85,3 +87,43 @@ class DeployedBiSeNet(nn.Module):
         pooled = features.mean((2, 3), keepdim=True)
         attention = torch.sigmoid(self.attention2(F.relu(self.attention1(pooled))))
         return _resize(self.classifier(features * attention + features), size)
+
+
+class WinogradBasicBlock(nn.Module):
+    """A folded ResNet ``BasicBlock`` on Winograd convolutions: ``relu(conv2(relu(conv1(x))) +
+    identity)`` with each ReLU, and the residual add, done while the conv writes its output.
+    ``conv1`` stays a plain conv where it has stride 2 (the first block of a stage)."""
+
+    def __init__(self, block: BasicBlock) -> None:
+        super().__init__()
+        if not (isinstance(block.bn1, nn.Identity) and isinstance(block.bn2, nn.Identity)):
+            raise ValueError("WinogradBasicBlock needs a folded block (rtda.runtime.fold_batchnorm)")
+        self.winograd_conv1 = WinogradConv2d.supports(block.conv1)
+        self.conv1 = (WinogradConv2d.from_conv(block.conv1, relu=True) if self.winograd_conv1
+                      else block.conv1)
+        self.conv2 = WinogradConv2d.from_conv(block.conv2, relu=True)
+        self.downsample = block.downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.conv1(x) if self.winograd_conv1 else F.relu(self.conv1(x))
+        return self.conv2(out, identity)
+
+
+def use_winograd(model: nn.Module) -> int:
+    """Swap, in place, every 3x3 stride-1 conv of a folded model for ``WinogradConv2d``, whole
+    ``BasicBlock``s for :class:`WinogradBasicBlock`; returns how many convs now run Winograd.
+    For float32 CPU inference: the kernel is faster than the direct convolution there and rounds
+    slightly differently (see ``rtda_kernels.winograd_conv3x3``)."""
+    swapped = 0
+    for name, child in model.named_children():
+        if type(child) is BasicBlock:
+            block = WinogradBasicBlock(child)
+            swapped += 1 + block.winograd_conv1
+            setattr(model, name, block)
+        elif WinogradConv2d.supports(child):
+            setattr(model, name, WinogradConv2d.from_conv(child))
+            swapped += 1
+        else:
+            swapped += use_winograd(child)
+    return swapped

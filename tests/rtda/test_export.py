@@ -71,7 +71,7 @@ def test_dynamic_size_export_runs_at_other_sizes(tmp_path, checkpoint):
     from rtda.checkpoints import load_segmenter
     from rtda.runtime import prepare_for_inference
 
-    lean = prepare_for_inference(load_segmenter(checkpoint)[0])
+    lean = prepare_for_inference(load_segmenter(checkpoint)[0], winograd=False)
     x = torch.randn(1, 3, 96, 160)
     expected = lean(x).detach().numpy()
     got = _session(out).run(None, {"image": x.numpy()})[0]
@@ -101,7 +101,7 @@ def test_check_detects_a_wrong_file(tmp_path, checkpoint, toy_images):
     torch.manual_seed(1)
     from rtda.runtime import prepare_for_inference
 
-    other = prepare_for_inference(build_segmenter("resnet18"))
+    other = prepare_for_inference(build_segmenter("resnet18"), winograd=False)
     inputs = export.check_images(toy_images, 2, tuple(RESOLUTION))
     result = export.check_onnx(out, other, inputs)
     assert not result.passed() and result.images == 2

@@ -12,9 +12,21 @@ from rtda.checkpoints import CheckpointError, save_atomic
 from rtda.data.transforms import SegmentationTransform
 from rtda.evaluate import predict_full_resolution
 from rtda.models import build_segmenter
-from rtda.runtime import Segmenter, fold_batchnorm, image_batch, normalise, prepare_for_inference
+from rtda.runtime import (
+    Segmenter,
+    fold_batchnorm,
+    image_batch,
+    normalise,
+    prepare_for_inference,
+    winograd_available,
+)
+from rtda_kernels.nn import WinogradConv2d
 
 RESOLUTION = (64, 96)  # (height, width), multiples of 32
+
+
+needs_winograd = pytest.mark.skipif(not winograd_available("cpu"),
+                                    reason="the compiled Winograd CPU kernel is not built")
 
 
 def _trained_like(model: nn.Module) -> nn.Module:
@@ -51,12 +63,20 @@ def _rgb(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
+# 3x3 stride-1 convs: R18's BasicBlocks 4 + 3 + 3 + 3, R101's Bottlenecks 33 - 3; + the fusion conv
+WINOGRAD_CONVS = {"resnet18": 14, "resnet101": 31}
+
+
+@pytest.mark.parametrize("winograd", [False, pytest.param(True, marks=needs_winograd)],
+                         ids=["direct", "winograd"])
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet101"])
-def test_folded_model_matches_the_training_model_in_eval_mode(backbone):
+def test_folded_model_matches_the_training_model_in_eval_mode(backbone, winograd):
     torch.manual_seed(0)
     model = _trained_like(build_segmenter(backbone)).eval()
     batchnorms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    lean = prepare_for_inference(model)
+    lean = prepare_for_inference(model, winograd=winograd)
+    winograd_convs = sum(isinstance(m, WinogradConv2d) for m in lean.modules())
+    assert winograd_convs == (WINOGRAD_CONVS[backbone] if winograd else 0)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in lean.modules())
     assert not hasattr(lean, "aux16") and not hasattr(lean, "aux32")
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == batchnorms  # untouched
@@ -66,6 +86,35 @@ def test_folded_model_matches_the_training_model_in_eval_mode(backbone):
         got = lean(x.contiguous(memory_format=torch.channels_last))
     assert got.shape == expected.shape and expected.abs().max() > 3
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_winograd_is_the_float32_cpu_default_only(model):
+    has_kernel = winograd_available("cpu")
+    assert any(isinstance(m, WinogradConv2d) for m in prepare_for_inference(model).modules()) \
+        == has_kernel
+    for precision in ("bfloat16", "float16"):
+        lean = prepare_for_inference(model, precision)
+        assert not any(isinstance(m, WinogradConv2d) for m in lean.modules())
+        with pytest.raises(ValueError, match="winograd=True needs"):
+            prepare_for_inference(model, precision, winograd=True)
+
+
+@needs_winograd
+def test_winograd_blocks_fuse_relu_and_residual(model):
+    from rtda.models.deployed import WinogradBasicBlock
+
+    lean = prepare_for_inference(model)
+    blocks = [m for m in lean.modules() if isinstance(m, WinogradBasicBlock)]
+    assert len(blocks) == 8  # every R18 block; the first of stages 2-4 keeps its stride-2 conv1
+    assert sum(block.winograd_conv1 for block in blocks) == 5
+    reference = prepare_for_inference(model, winograd=False)
+    x = torch.randn(1, 64, 16, 24).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for got, expected in zip(blocks, (m for m in reference.modules()
+                                          if type(m).__name__ == "BasicBlock")):
+            y = got(x)
+            torch.testing.assert_close(y, expected(x), atol=1e-4, rtol=1e-4)
+            x = y
 
 
 def test_fold_batchnorm_counts_and_needs_eval_mode():

@@ -1,0 +1,188 @@
+"""winograd_conv3x3 (inference-only Winograd F(4x4, 3x3) convolution): the reference against
+F.conv2d in float64, the C++ kernel against the reference and F.conv2d on odd shapes and layouts,
+opcheck, torch.compile, the WinogradConv2d module and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rtda_kernels
+from rtda_kernels import reference
+from rtda_kernels.nn import WinogradConv2d
+from rtda_kernels.ops import winograd_conv3x3 as winograd_ops
+
+needs_kernel = pytest.mark.skipif(winograd_ops.compiled is None,
+                                  reason="the compiled CPU kernel is not built")
+
+# (N, C_in, C_out, H, W)
+CASES = [
+    (1, 3, 5, 7, 9),  # odd sizes, partial tiles on both sides
+    (2, 17, 8, 13, 4),  # C_in not a multiple of the vector width, batch 2
+    (1, 8, 1, 1, 1),  # 1x1 image, C_out = 1
+    (3, 1, 19, 5, 12),  # C_in = 1, C_out = 19 (the fusion conv's class count)
+    (1, 64, 64, 32, 64),  # a ResNet stage
+    (1, 40, 24, 23, 29),  # prime sizes, several chunks' worth of channels
+]
+CASE_IDS = ["x".join(map(str, case)) for case in CASES]
+
+
+def make(case, dtype=torch.float32, layout="contiguous", seed=0):
+    n, c_in, c_out, height, width = case
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c_in, height, width + (2 if layout == "sliced" else 0),
+                    dtype=torch.float64, generator=generator)
+    if layout == "sliced":
+        x = x[..., 1:-1]
+    weight = torch.randn(c_out, c_in, 3, 3, dtype=torch.float64, generator=generator)
+    weight = weight / (3 * c_in**0.5)
+    bias = torch.randn(c_out, dtype=torch.float64, generator=generator)
+    residual = torch.randn(n, c_out, height, width, dtype=torch.float64, generator=generator)
+    x, weight, bias, residual = (t.to(dtype) for t in (x, weight, bias, residual))
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    return x, weight, bias, residual
+
+
+def direct(x, weight, bias, residual, relu):
+    y = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), padding=1)
+    if residual is not None:
+        y = y + residual.double()
+    return torch.relu(y) if relu else y
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_reference_equals_direct_convolution_in_float64(case):
+    """The transform matrices are right: in float64 the algorithm is exact up to rounding."""
+    x, weight, bias, residual = (t.double() for t in make(case))
+    y = reference.winograd_conv3x3(x, reference.winograd_weight(weight), bias, residual, True)
+    torch.testing.assert_close(y, direct(x, weight, bias, residual, True), atol=1e-12, rtol=1e-12)
+
+
+@needs_kernel
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("epilogue", ["plain", "bias", "bias+residual+relu"])
+@torch.no_grad()
+def test_kernel_matches_reference_and_conv2d(case, layout, epilogue):
+    x, weight, bias, residual = make(case, layout=layout)
+    bias = None if epilogue == "plain" else bias
+    residual = residual if epilogue == "bias+residual+relu" else None
+    relu = epilogue == "bias+residual+relu"
+    u = rtda_kernels.winograd_weight(weight)
+    y = rtda_kernels.winograd_conv3x3(x, u, bias, residual, relu=relu)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    expected = direct(x, weight, bias, residual, relu)
+    scale = expected.abs().max().item() + 1.0
+    # F(4x4, 3x3) in float32: a few 1e-6 relative (the direct conv's float32 error is ~1e-7).
+    torch.testing.assert_close(y.double(), expected, atol=2e-5 * scale, rtol=0)
+    torch.testing.assert_close(y, reference.winograd_conv3x3(x, u, bias, residual, relu),
+                               atol=2e-5 * scale, rtol=0)
+    # The same arithmetic in any layout: bitwise equal to the contiguous input's result.
+    if layout != "contiguous":
+        y_contiguous = rtda_kernels.winograd_conv3x3(
+            x.contiguous(), u, bias, None if residual is None else residual.contiguous(), relu=relu)
+        assert torch.equal(y, y_contiguous)
+
+
+@needs_kernel
+@torch.no_grad()
+def test_kernel_many_chunks_and_images():
+    """More tiles than one workspace chunk holds (the chunk loop and its tile offsets), batch 2."""
+    x, weight, bias, residual = make((2, 16, 16, 150, 70))
+    u = rtda_kernels.winograd_weight(weight)
+    y = rtda_kernels.winograd_conv3x3(x, u, bias, residual, relu=True)
+    torch.testing.assert_close(y.double(), direct(x, weight, bias, residual, True), atol=1e-4,
+                               rtol=0)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.bfloat16, 0.1)])
+@torch.no_grad()
+def test_other_dtypes_run_the_reference(dtype, atol):
+    x, weight, bias, residual = make(CASES[0], dtype=dtype)
+    with rtda_kernels.use_backend("reference"):
+        y = rtda_kernels.winograd_conv3x3(x, rtda_kernels.winograd_weight(weight), bias, residual,
+                                          relu=True)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.double(), direct(x, weight, bias, residual, True), atol=atol,
+                               rtol=0)
+
+
+@needs_kernel
+def test_opcheck():
+    for case in (CASES[0], CASES[1], CASES[3]):
+        x, weight, bias, residual = make(case)
+        u = reference.winograd_weight(weight)
+        for args in ((x, u, None, None, False), (x, u, bias, residual, True),
+                     (x.contiguous(memory_format=torch.channels_last), u, bias, None, True)):
+            torch.library.opcheck(torch.ops.rtda_kernels.winograd_conv3x3, args)
+
+
+@needs_kernel
+@torch.no_grad()
+def test_compile_fullgraph_matches_eager():
+    module = WinogradConv2d.from_conv(nn.Conv2d(6, 10, 3, padding=1), relu=True).eval()
+    x, residual = torch.randn(2, 6, 11, 13), torch.randn(2, 10, 11, 13)
+    compiled = torch.compile(module, fullgraph=True)
+    torch.testing.assert_close(compiled(x, residual), module(x, residual))
+
+
+@torch.no_grad()
+def test_module_stands_in_for_the_conv_and_keeps_its_state_dict():
+    conv = nn.Conv2d(5, 7, 3, padding=1)
+    module = WinogradConv2d.from_conv(conv, relu=True)
+    assert set(module.state_dict()) == {"weight", "bias"}
+    x = torch.randn(1, 5, 9, 10)
+    torch.testing.assert_close(module(x), torch.relu(conv(x)), atol=1e-5, rtol=0)
+    # load_state_dict refreshes the Winograd form of the weight
+    other = nn.Conv2d(5, 7, 3, padding=1)
+    module.load_state_dict(other.state_dict())
+    torch.testing.assert_close(module(x), torch.relu(other(x)), atol=1e-5, rtol=0)
+    residual = torch.randn(1, 7, 9, 10)
+    torch.testing.assert_close(module(x, residual), torch.relu(other(x) + residual), atol=1e-5,
+                               rtol=0)
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.Conv2d(4, 4, 3, padding=0),
+    nn.Conv2d(4, 4, 3, padding=1, groups=2), nn.Conv2d(4, 4, 5, padding=2),
+    nn.Conv2d(4, 4, 3, padding=2, dilation=2),
+    nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+], ids=["stride2", "pad0", "groups", "k5", "dilated", "reflect"])
+def test_module_refuses_other_convs(conv):
+    assert not WinogradConv2d.supports(conv)
+    with pytest.raises(ValueError, match="3x3, stride 1, padding 1"):
+        WinogradConv2d.from_conv(conv)
+
+
+def test_bad_input():
+    x, weight, bias, residual = make(CASES[1])
+    u = reference.winograd_weight(weight)
+    op = rtda_kernels.winograd_conv3x3
+    with pytest.raises(ValueError, match="x must be a 4-D tensor"):
+        op(x[0], u)
+    with pytest.raises(ValueError, match="weight_winograd must be 36 x C_in x C_out with C_in = 1"):
+        op(x, reference.winograd_weight(weight[:, :5]))
+    with pytest.raises(ValueError, match=r"bias must have shape \(C_out,\)"):
+        op(x, u, bias[:3])
+    with pytest.raises(ValueError, match="residual must have shape N x C_out x H x W"):
+        op(x, u, bias, residual[:, :, 1:])
+    with pytest.raises(TypeError, match="bias has dtype torch.float64"):
+        op(x, u, bias.double())
+    with pytest.raises(TypeError, match="relu must be a bool"):
+        op(x, u, relu=1)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        op(x.requires_grad_(), u)
+    with pytest.raises(ValueError, match="weight must be C_out x C_in x 3 x 3"):
+        WinogradConv2d(torch.zeros(4, 4, 1, 1))
+
+
+@needs_kernel
+@torch.no_grad()
+def test_cpu_backend_computes_float32_only():
+    x, weight, _, _ = make(CASES[0], dtype=torch.float64)
+    with rtda_kernels.use_backend("cpu"), pytest.raises(TypeError, match="float32 only"):
+        rtda_kernels.winograd_conv3x3(x, reference.winograd_weight(weight))
