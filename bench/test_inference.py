@@ -7,10 +7,10 @@ argmax:
 - ``eager``: the training model (``rtda.models.BiSeNet``) in eval mode;
 - ``compile``: ``torch.compile`` of that model;
 - ``runtime``: ``rtda.runtime.Segmenter`` (BatchNorm folded, auxiliary heads dropped, tap-form
-  fusion conv, channels_last), eager;
+  fusion conv, channels_last, the 3x3 stride-1 convs on rtda_kernels' Winograd kernel), eager;
 - ``runtime-compile``: the same with ``compile=True`` (inductor, weights frozen);
-- ``onnxruntime``: the runtime's model exported by ``rtda.export`` and run by onnxruntime (its
-  default threads), the argmax in PyTorch.
+- ``onnxruntime``: the runtime's model, with direct convs (ONNX has no Winograd op), exported by
+  ``rtda.export`` and run by onnxruntime (its default threads), the argmax in PyTorch.
 
 Groups read ``"bisenet_resnet18 inference (1,3,512,1024)"``. With ``--benchmark-disable`` (the
 smoke run) only R18 runs, at 1 x 3 x 64 x 64, and each provider's map is checked against eager.

@@ -129,6 +129,9 @@ class Segmenter:
         self.dtype = _dtype(precision)
         if isinstance(checkpoint, BiSeNet):
             model, config = checkpoint, {}
+            if num_classes is not None and model.num_classes != num_classes:
+                raise ValueError(f"the model predicts {model.num_classes} classes, expected "
+                                 f"num_classes={num_classes}")
         else:
             model, config = load_segmenter(checkpoint, num_classes=num_classes)
         self.num_classes = model.num_classes

@@ -6,8 +6,9 @@
 // convolution needs 4x fewer multiply-adds (plus cheap transforms). See
 // rtda_kernels/reference/winograd_conv3x3.py for the algorithm in plain PyTorch.
 //
-// Three passes, each over channels_last (NHWC) data so that every vector holds consecutive
-// channels of one pixel:
+// Three passes per chunk of tiles (a chunk's Winograd-domain data is a few MB, in a workspace
+// each calling thread allocates once), over channels_last (NHWC) data so that every vector holds
+// consecutive channels of one pixel:
 //   1. input transform: every 6x6 input window (tiles overlap by 2, zero padding of 1) becomes
 //      V[k][tile][c] = (B^T d B)[k] for its 36 Winograd points k;
 //   2. 36 matrix products M[k] = V[k] @ U[k] over channels (at::bmm, multi-threaded BLAS), U the
@@ -18,11 +19,13 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <optional>
 
 #include "simd.h"
@@ -152,10 +155,16 @@ void output_transform(const float* __restrict__ m, const Geometry& g, int64_t c_
 constexpr int64_t kWorkspaceFloats = int64_t(1) << 22;
 constexpr int64_t kMinChunk = 256;
 
-// Each calling thread keeps its workspace: allocating it per call costs page faults.
-at::Tensor& thread_workspace() {
-  thread_local at::Tensor workspace;
-  return workspace;
+// Each calling thread keeps its workspace (allocating it per call costs page faults). Plain
+// memory, not a tensor: a tensor first made under InferenceMode could not be written outside it.
+float* thread_workspace(int64_t floats) {
+  thread_local std::unique_ptr<float[]> workspace;
+  thread_local int64_t size = 0;
+  if (size < floats) {
+    workspace.reset(new float[floats]);
+    size = floats;
+  }
+  return workspace.get();
 }
 
 // Tiles per parallel task: enough work to amortise scheduling, few enough to balance the cores.
@@ -198,15 +207,14 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight_wi
   // written and read back right away, mostly from cache, in a workspace allocated once.
   const int64_t per_tile = kPoints * (g.channels + c_out);
   const int64_t chunk = std::min(std::max(kWorkspaceFloats / per_tile, kMinChunk), g.tiles);
-  at::Tensor& workspace = thread_workspace();
-  if (workspace.numel() < chunk * per_tile) workspace = at::empty({chunk * per_tile}, x.options());
+  float* const workspace = thread_workspace(chunk * per_tile);
   float* const y_data = y.data_ptr<float>();
   const float* const x_data = input.data_ptr<float>();
   for (int64_t first = 0; first < g.tiles; first += chunk) {
     const int64_t count = std::min(chunk, g.tiles - first);
-    at::Tensor v = workspace.narrow(0, 0, kPoints * count * g.channels).view({kPoints, count, g.channels});
-    at::Tensor m = workspace.narrow(0, kPoints * count * g.channels, kPoints * count * c_out)
-                       .view({kPoints, count, c_out});
+    const at::Tensor v = at::from_blob(workspace, {kPoints, count, g.channels}, x.options());
+    at::Tensor m = at::from_blob(workspace + kPoints * count * g.channels, {kPoints, count, c_out},
+                                 x.options());
     at::parallel_for(0, count, grain(g.channels), [&](int64_t begin, int64_t end) {
       input_transform(x_data, g, first, count, begin, end, v.data_ptr<float>());
     });

@@ -99,6 +99,20 @@ def test_kernel_many_chunks_and_images():
                                rtol=0)
 
 
+@needs_kernel
+def test_inference_mode_then_no_grad():
+    """The kernel's per-thread workspace outlives a call: one made under inference_mode must
+    still serve a call outside it (and the other way round). The shape needs a larger workspace
+    than every other test here, so that the first call below allocates it."""
+    x, weight, bias, residual = make((1, 64, 64, 128, 128))
+    u = rtda_kernels.winograd_weight(weight)
+    expected = direct(x, weight, bias, residual, True)
+    for mode in (torch.inference_mode, torch.no_grad, torch.inference_mode):
+        with mode():
+            y = rtda_kernels.winograd_conv3x3(x, u, bias, residual, relu=True)
+        torch.testing.assert_close(y.double(), expected, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.bfloat16, 0.1)])
 @torch.no_grad()
 def test_other_dtypes_run_the_reference(dtype, atol):

@@ -220,6 +220,8 @@ def test_segmenter_bad_arguments(tmp_path, checkpoint, model):
         Segmenter(model, resolution=(50, 64))
     with pytest.raises(CheckpointError, match="predicts 19 classes, expected 7"):
         Segmenter(checkpoint, num_classes=7)
+    with pytest.raises(ValueError, match="predicts 19 classes, expected num_classes=7"):
+        Segmenter(model, num_classes=7)
     with pytest.raises(CheckpointError, match="not found"):
         Segmenter(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
