@@ -51,70 +51,22 @@ CUDA bfloat16 outputs are rounded by hand (MANUAL_BF16).
 
 from __future__ import annotations
 
-import struct
-
 import torch
 import triton
 import triton.language as tl
 
+from rtda_kernels.triton.adversarial_math import (
+    bce,
+    cell_start,
+    f32,
+    manual_bf16,
+    tap_src,
+    to_out,
+)
+
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 REDUCE_NONE, REDUCE_MEAN, REDUCE_SUM = 0, 1, 2
 _MAX_SIDE = 1 << 20  # the cell boundary search is exact below this output side (see docstring)
-
-
-# ----------------------------------------------------------------------------- shared device code
-@triton.jit
-def _tap_src(dst, scale):
-    """PyTorch's source coordinate of output index ``dst`` (float32, clamped at 0)."""
-    src = scale * (dst.to(tl.float32) + 0.5) - 0.5
-    return tl.maximum(src, 0.0)
-
-
-@triton.jit
-def _cell_start(cell, in_size, out_size, scale, inv):
-    """First output index whose tap i0 is >= ``cell`` (0 for cell 0, out_size for cell in_size).
-
-    Estimate by inverting the tap formula, then count exactly: start = base + #{k < 8 :
-    i0(base + k) < cell}, right whenever the true start lies in [base, base + 8] (i0 is monotone).
-    """
-    est = (cell.to(tl.float32) + 0.5) * inv - 0.5
-    base = est.to(tl.int32) - 3  # trunc: within 1 of floor, covered by the window
-    cand = base[:, None] + tl.arange(0, 8)[None, :]
-    i0 = tl.minimum(_tap_src(cand, scale).to(tl.int32), in_size - 1)
-    start = base + tl.sum((i0 < cell[:, None]).to(tl.int32), axis=1)
-    start = tl.minimum(tl.maximum(start, 0), out_size)
-    start = tl.where(cell <= 0, 0, start)
-    return tl.where(cell >= in_size, out_size, start)
-
-
-@triton.jit
-def _log1p(e):
-    """log(1 + e) for e in [0, 1], accurate for tiny e (Kahan): no libdevice in the interpreter."""
-    p = 1.0 + e
-    d = p - 1.0
-    return tl.where(d == 0.0, e, tl.log(p) * (e / tl.where(d == 0.0, 1.0, d)))
-
-
-@triton.jit
-def _bce(u, y):
-    """(loss, sigmoid(u) - y) from e = exp(-|u|), as in adversarial_math.h: with
-    s = sigmoid(-|u|) = e / (1 + e), the gradient is (1 - y) - s for u >= 0 and s - y otherwise,
-    so a confident pixel (sigmoid(u) ~ y) keeps its small gradient's relative precision."""
-    e = tl.exp(-tl.abs(u))
-    s = e / (1.0 + e)
-    grad = tl.where(u >= 0.0, (1.0 - y) - s, s - y)
-    return tl.maximum(u, 0.0) - u * y + _log1p(e), grad
-
-
-@triton.jit
-def _to_out(v, ty: tl.constexpr, MANUAL_BF16: tl.constexpr):
-    """float32 -> output dtype, rounding to nearest even (by hand for bf16 in the interpreter)."""
-    if MANUAL_BF16:
-        bits = v.to(tl.uint32, bitcast=True)
-        bits = bits + (0x7FFF + ((bits >> 16) & 1))
-        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    else:
-        return v.to(ty)
 
 
 # ----------------------------------------------------------------------------- resized maps
@@ -131,10 +83,10 @@ def _resized_kernel(x_ptr, t_ptr, gm_ptr, map_ptr, part_ptr, q_ptr,
 
     ci = ti * BI + tl.arange(0, BI)
     cj = tj * BJ + tl.arange(0, BJ)
-    rs = _cell_start(ci, h, H, scale_h, inv_h)
-    re = _cell_start(ci + 1, h, H, scale_h, inv_h)
-    cs = _cell_start(cj, w, W, scale_w, inv_w)
-    ce = _cell_start(cj + 1, w, W, scale_w, inv_w)
+    rs = cell_start(ci, h, H, scale_h, inv_h)
+    re = cell_start(ci + 1, h, H, scale_h, inv_h)
+    cs = cell_start(cj, w, W, scale_w, inv_w)
+    ce = cell_start(cj + 1, w, W, scale_w, inv_w)
     span_r = tl.max(re - rs, axis=0)
     span_c = tl.max(ce - cs, axis=0)
 
@@ -169,12 +121,12 @@ def _resized_kernel(x_ptr, t_ptr, gm_ptr, map_ptr, part_ptr, q_ptr,
     for k0 in range(0, span_r, KR):
         r = rs4 + k0 + kr  # [BI, KR, 1, 1]
         r_ok = r < re4
-        wr1 = tl.minimum(tl.maximum(_tap_src(r, scale_h) - cif, 0.0), 1.0)
+        wr1 = tl.minimum(tl.maximum(tap_src(r, scale_h) - cif, 0.0), 1.0)
         wr0 = 1.0 - wr1
         for l0 in range(0, span_c, KC):
             c = cs4 + l0 + kc  # [1, 1, BJ, KC]
             c_ok = c < ce4
-            wc1 = tl.minimum(tl.maximum(_tap_src(c, scale_w) - cjf, 0.0), 1.0)
+            wc1 = tl.minimum(tl.maximum(tap_src(c, scale_w) - cjf, 0.0), 1.0)
             wc0 = 1.0 - wc1
             top = wc0 * v00 + wc1 * v01  # [BI, 1, BJ, KC]
             bot = wc0 * v10 + wc1 * v11
@@ -185,9 +137,9 @@ def _resized_kernel(x_ptr, t_ptr, gm_ptr, map_ptr, part_ptr, q_ptr,
                 y = tl.load(t_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             else:
                 y = target_value
-            loss, g = _bce(u, y)
+            loss, g = bce(u, y)
             if STORE_MAP:
-                tl.store(map_ptr + offs, _to_out(loss, map_ptr.dtype.element_ty, MANUAL_BF16),
+                tl.store(map_ptr + offs, to_out(loss, map_ptr.dtype.element_ty, MANUAL_BF16),
                          mask=mask)
             if REDUCE:
                 lm = tl.where(mask, loss, 0.0)
@@ -239,16 +191,16 @@ def _flat_kernel(x_ptr, t_ptr, gm_ptr, map_ptr, part_ptr, grad_ptr, numel, targe
         y = tl.load(t_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         y = target_value
-    loss, g = _bce(u, y)
+    loss, g = bce(u, y)
     if STORE_MAP:
-        tl.store(map_ptr + offs, _to_out(loss, map_ptr.dtype.element_ty, MANUAL_BF16), mask=mask)
+        tl.store(map_ptr + offs, to_out(loss, map_ptr.dtype.element_ty, MANUAL_BF16), mask=mask)
     if REDUCE:
         tl.store(part_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
     if GRAD:
         if GRAD_MAP:
             g = g * tl.load(gm_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         g = g * grad_coef
-        tl.store(grad_ptr + offs, _to_out(g, grad_ptr.dtype.element_ty, MANUAL_BF16), mask=mask)
+        tl.store(grad_ptr + offs, to_out(g, grad_ptr.dtype.element_ty, MANUAL_BF16), mask=mask)
 
 
 # ----------------------------------------------------------------------------- finalize
@@ -273,7 +225,7 @@ def _finalize_kernel(q_ptr, grad_ptr, part1_ptr, part2_ptr, loss_ptr, numel, h, 
         s += tl.load(qb + hw - 1, mask=mask & left, other=0.0)
         s += tl.load(qb + 2 * hw - w, mask=mask & up, other=0.0)
         s += tl.load(qb + 3 * hw - w - 1, mask=mask & up & left, other=0.0)
-        tl.store(grad_ptr + offs, _to_out(s * grad_coef, grad_ptr.dtype.element_ty, MANUAL_BF16),
+        tl.store(grad_ptr + offs, to_out(s * grad_coef, grad_ptr.dtype.element_ty, MANUAL_BF16),
                  mask=mask)
     if HAS_LOSS:
         if pid == 0:
@@ -286,22 +238,12 @@ def _finalize_kernel(q_ptr, grad_ptr, part1_ptr, part2_ptr, loss_ptr, numel, h, 
                 o2 = s2 + tl.arange(0, PBLOCK)
                 acc2 += tl.load(part2_ptr + o2, mask=o2 < n2, other=0.0)
             total = tl.sum(acc1, axis=0) * coef1 + tl.sum(acc2, axis=0) * coef2
-            tl.store(loss_ptr, _to_out(total, loss_ptr.dtype.element_ty, MANUAL_BF16))
+            tl.store(loss_ptr, to_out(total, loss_ptr.dtype.element_ty, MANUAL_BF16))
 
 
 # ----------------------------------------------------------------------------- launchers
-def _f32(x: float) -> float:
-    """``x`` rounded to float32 (exact for in/out sizes < 2^24: no double-rounding issue)."""
-    return struct.unpack("f", struct.pack("f", x))[0]
-
-
 def _pow2_floor(n: int) -> int:
     return 1 << (max(int(n), 1).bit_length() - 1)
-
-
-def _manual_bf16(t: torch.Tensor) -> bool:
-    """The interpreter's float32 -> bfloat16 cast does not round to nearest even."""
-    return t.dtype == torch.bfloat16 and t.device.type != "cuda"
 
 
 def _axis_tiles(in_size: int, out_size: int, target: int, cap: int) -> tuple[int, int]:
@@ -342,7 +284,7 @@ class _Plan:
         dummy = logits
         flags = dict(HAS_TARGET=target is not None, GRAD_MAP=grad_map is not None,
                      STORE_MAP=loss_map is not None, REDUCE=part is not None,
-                     GRAD=grad is not None, MANUAL_BF16=_manual_bf16(logits))
+                     GRAD=grad is not None, MANUAL_BF16=manual_bf16(logits))
         args = (logits, dummy if target is None else target,
                 dummy if grad_map is None else grad_map,
                 dummy if loss_map is None else loss_map,
@@ -359,8 +301,8 @@ class _Plan:
         _resized_kernel[(self.programs,)](
             *args, dummy if quad is None else quad,
             self.h, self.w, self.H, self.W,
-            _f32(self.h / self.H), _f32(self.w / self.W),
-            _f32(self.H / self.h), _f32(self.W / self.w), float(value), self.n_ti, self.n_tj,
+            f32(self.h / self.H), f32(self.w / self.W),
+            f32(self.H / self.h), f32(self.W / self.w), float(value), self.n_ti, self.n_tj,
             **flags, BI=self.bi, KR=self.kr, BJ=self.bj, KC=self.kc)
         return quad
 
@@ -383,7 +325,7 @@ def _finalize(logits: torch.Tensor, *, quad: torch.Tensor | None = None,
         numel, logits.shape[2], logits.shape[3], float(grad_coef),
         0 if p1 is None else p1.numel(), float(c1), 0 if p2 is None else p2.numel(), float(c2),
         HAS_GRAD=has_grad, HAS_LOSS=loss is not None,
-        MANUAL_BF16=_manual_bf16(logits), BLOCK=block, PBLOCK=1024)
+        MANUAL_BF16=manual_bf16(logits), BLOCK=block, PBLOCK=1024)
 
 
 def _check(name: str, t: torch.Tensor, dtype: torch.dtype | None = None) -> None:
