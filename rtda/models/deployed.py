@@ -97,7 +97,8 @@ class WinogradBasicBlock(nn.Module):
     def __init__(self, block: BasicBlock) -> None:
         super().__init__()
         if not (isinstance(block.bn1, nn.Identity) and isinstance(block.bn2, nn.Identity)):
-            raise ValueError("WinogradBasicBlock needs a folded block (rtda.runtime.fold_batchnorm)")
+            raise ValueError("WinogradBasicBlock needs a folded block "
+                             "(rtda.runtime.fold_batchnorm)")
         self.winograd_conv1 = WinogradConv2d.supports(block.conv1)
         self.conv1 = (WinogradConv2d.from_conv(block.conv1, relu=True) if self.winograd_conv1
                       else block.conv1)

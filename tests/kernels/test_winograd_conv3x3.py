@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import rtda_kernels
@@ -86,6 +88,21 @@ def test_kernel_matches_reference_and_conv2d(case, layout, epilogue):
         y_contiguous = rtda_kernels.winograd_conv3x3(
             x.contiguous(), u, bias, None if residual is None else residual.contiguous(), relu=relu)
         assert torch.equal(y, y_contiguous)
+
+
+@needs_kernel
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 3), c_in=st.integers(1, 20), c_out=st.integers(1, 20),
+       height=st.integers(1, 19), width=st.integers(1, 19), relu=st.booleans(),
+       seed=st.integers(0, 2**16))
+@torch.no_grad()
+def test_kernel_random_shapes(n, c_in, c_out, height, width, relu, seed):
+    x, weight, bias, residual = make((n, c_in, c_out, height, width), seed=seed)
+    y = rtda_kernels.winograd_conv3x3(x, rtda_kernels.winograd_weight(weight), bias, residual,
+                                      relu=relu)
+    expected = direct(x, weight, bias, residual, relu)
+    torch.testing.assert_close(y.double(), expected, atol=2e-5 * (expected.abs().max().item() + 1),
+                               rtol=0)
 
 
 @needs_kernel
