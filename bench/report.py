@@ -193,8 +193,33 @@ def roofline_table(groups: list[Group], machine) -> str:
     return header + "\n" + "\n".join(rows) if rows else ""
 
 
+# The key under which a run's JSON records the machine it ran on (see record_machine).
+MACHINE_KEY = "rtda_machine"
+
+
+def record_machine(results: dict) -> dict:
+    """``results`` with the machine's description and measured roofs added: taken right after
+    the benchmarks, so that rendering the JSON later (elsewhere, on a busy machine) still shows
+    the machine the numbers came from."""
+    from bench.roofline import measure_machine
+
+    machine = measure_machine()
+    return {**results, MACHINE_KEY: {"description": machine_description(),
+                                     "bandwidth": machine.bandwidth, "flops": machine.flops}}
+
+
 def render(results: dict, out: Path, command: str, machine=None) -> Path:
-    """Write the Markdown page at ``out`` and its charts in ``out``'s ``benchmarks/`` folder."""
+    """Write the Markdown page at ``out`` and its charts in ``out``'s ``benchmarks/`` folder.
+    The machine comes from ``machine``, else the JSON's record (``record_machine``), else it is
+    measured now (a JSON from elsewhere: the page says so)."""
+    from bench.roofline import Machine
+
+    recorded = results.get(MACHINE_KEY)
+    if machine is None and recorded is not None:
+        machine = Machine(float(recorded["bandwidth"]), float(recorded["flops"]))
+    description = (list(recorded["description"]) if recorded is not None
+                   else machine_description() + ["(no machine record in the JSON: described and "
+                                                 "measured at render time)"])
     sections = load_groups(results)
     if not sections:
         raise ValueError("the benchmark JSON holds no benchmark of a known suite "
@@ -205,7 +230,7 @@ def render(results: dict, out: Path, command: str, machine=None) -> Path:
              "pytest-benchmark medians; `x` columns are the baseline's median (eager PyTorch, or "
              "`plain` for the training step) divided by the provider's, measured side by side in "
              "one run: higher is faster.", ""]
-    lines += [f"- {line}" for line in machine_description()] + [""]
+    lines += [f"- {line}" for line in description] + [""]
     for index, (title, groups) in enumerate(sections.items()):
         chart = section_chart(title, groups, images / f"section{index + 1}.png")
         lines += [f"## {title}", "", section_table(groups), "",
@@ -264,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             partial.unlink(missing_ok=True)
             print(f"error: the benchmarks failed (pytest exit status {code})", file=sys.stderr)
             return 1
+        partial.write_text(json.dumps(record_machine(json.loads(partial.read_text())), indent=4))
         os.replace(partial, json_path)
     try:
         results = json.loads(json_path.read_text())

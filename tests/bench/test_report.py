@@ -56,6 +56,25 @@ def test_render_writes_tables_charts_and_the_roofline(tmp_path):
     assert row.endswith(f"| 40.0 | {100 * bound / 0.040:.0f} % |")
 
 
+def test_render_uses_the_machine_recorded_with_the_run(tmp_path, monkeypatch):
+    import bench.roofline
+
+    monkeypatch.setattr(bench.roofline, "measure_machine", lambda: Machine(20e9, 70e9))
+    results = report.record_machine(_results())
+    assert results[report.MACHINE_KEY]["bandwidth"] == 20e9
+    results[report.MACHINE_KEY]["description"] = ["CPU: the benchmark box"]
+
+    def not_measured_again():
+        raise AssertionError("render measured the machine although the JSON records it")
+
+    monkeypatch.setattr(bench.roofline, "measure_machine", not_measured_again)
+    page = report.render(results, tmp_path / "b.md", "x").read_text()
+    assert "- CPU: the benchmark box" in page and "no machine record" not in page
+    assert "copy bandwidth 20.0 GB/s, float32 matmul 70.0 GFLOP/s" in page
+    page = report.render(_results(), tmp_path / "c.md", "x", machine=Machine(1e9, 1e9)).read_text()
+    assert "no machine record in the JSON" in page
+
+
 def test_layer_work_counts_bytes_and_flops():
     work = layer_work((1, 19, 8, 8), 64, "fwd")
     assert work.bytes == 4 * (19 * 64 + 64 * 16)  # x in, y out (4 x 4 output)
