@@ -27,6 +27,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from rtda.checkpoints import load_segmenter
 from rtda.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rtda.models import OUTPUT_STRIDE, BiSeNet
+from rtda.models.bisenet import _resize
 from rtda.models.deployed import DeployedBiSeNet, use_winograd
 from rtda_kernels.ops import winograd_conv3x3 as winograd_ops
 
@@ -185,7 +186,7 @@ class Segmenter:
     def _resize_logits(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if tuple(logits.shape[2:]) == tuple(size):
             return logits
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return _resize(logits, size)
 
     def _batch(self, images: Any) -> tuple[torch.Tensor, list[tuple[int, int]], str]:
         """(normalised N x 3 x h x w batch at the model's resolution, original sizes, kind)."""

@@ -17,13 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtda.models.bisenet import BiSeNet
+from rtda.models.bisenet import BiSeNet, _resize
 from rtda.models.resnet import BasicBlock
 from rtda_kernels.nn import WinogradConv2d
-
-
-def _resize(x: torch.Tensor, size) -> torch.Tensor:
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 class DeployedBiSeNet(nn.Module):
