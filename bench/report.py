@@ -1,13 +1,13 @@
 """``python -m bench.report``: run the benchmarks and render ``docs/benchmarks.md`` with charts.
 
 Runs ``pytest bench --benchmark-only --benchmark-json=...`` (or reads an existing JSON with
-``--json``), then writes one Markdown page: a table per section (kernels, discriminators, a
-training iteration, BiSeNet inference) with each provider's median time and its speed-up over the
+``--json``), then writes one Markdown page: a table per section (kernels, the Winograd conv,
+discriminators, a training iteration, BiSeNet inference) with each provider's median time and its speed-up over the
 baseline of its group (``eager``, or ``plain`` for the training step), measured side by side in
 one run; a PNG bar chart per section; the machine (CPU model, cores, SIMD, library versions); and
 the roofline of the fused depthwise-separable layers (``bench.roofline``).
 
-    python -m bench.report                              # everything (about an hour here)
+    python -m bench.report                              # everything (about 10 minutes here)
     python -m bench.report -k "inference and resnet18"  # a subset (pytest -k)
     python -m bench.report --json results.json          # render only
 """

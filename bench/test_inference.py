@@ -15,7 +15,7 @@ argmax:
 Groups read ``"bisenet_resnet18 inference (1,3,512,1024)"``. With ``--benchmark-disable`` (the
 smoke run) only R18 runs, at 1 x 3 x 64 x 64, and each provider's map is checked against eager.
 
-    pytest bench/test_inference.py --benchmark-only                  # about 15 minutes here
+    pytest bench/test_inference.py --benchmark-only                  # a few minutes here
     pytest bench/test_inference.py --benchmark-only -k resnet18
 """
 
