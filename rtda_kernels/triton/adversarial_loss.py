@@ -16,6 +16,7 @@ from rtda_kernels.triton.adversarial_loss_kernels import (
     resized_kernel,
 )
 from rtda_kernels.triton.adversarial_math import f32, manual_bf16
+from rtda_kernels.triton.target import on_gpu
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 REDUCE_NONE, REDUCE_MEAN, REDUCE_SUM = 0, 1, 2
@@ -45,7 +46,7 @@ class _Plan:
         n, c, h, w = logits.shape
         self.planes, self.h, self.w, self.H, self.W = n * c, h, w, out_h, out_w
         self.identity = (h, w) == (out_h, out_w)
-        cuda = logits.device.type == "cuda"
+        cuda = on_gpu(logits.device)
         if self.identity:
             # The interpreter pays per op, not per element: fewer, bigger programs.
             self.block = 1024 if cuda else 8192
@@ -96,7 +97,7 @@ def _finalize(logits: torch.Tensor, *, quad: torch.Tensor | None = None,
     """grad from the quadrant buffer (when ``quad``) and/or ``loss`` = sum_k coef_k * sum(part_k)."""
     has_grad = quad is not None
     numel = grad.numel() if has_grad else 0
-    block = 1024 if logits.device.type == "cuda" else 8192
+    block = 1024 if on_gpu(logits.device) else 8192
     (p1, c1), (p2, c2) = (tuple(parts) + ((None, 0.0), (None, 0.0)))[:2]
     dummy = logits
     grid = (max(1, triton.cdiv(numel, block)),)

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rtda_kernels.triton.target import on_gpu
+
 
 @triton.jit
 def tap_src(dst, scale):
@@ -75,4 +77,4 @@ def f32(x: float) -> float:
 
 def manual_bf16(t: torch.Tensor) -> bool:
     """The interpreter's float32 -> bfloat16 cast does not round to nearest even."""
-    return t.dtype == torch.bfloat16 and t.device.type != "cuda"
+    return t.dtype == torch.bfloat16 and not on_gpu(t.device)

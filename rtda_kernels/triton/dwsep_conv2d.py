@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rtda_kernels.triton.target import multiprocessors, on_gpu
+
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -284,14 +286,14 @@ def _pow2(n: int, lo: int, hi: int) -> int:
 
 def _pixel_cap(device: torch.device) -> int:
     # The interpreter pays per op, not per element: bigger tiles mean fewer programs and ops.
-    return 64 if device.type == "cuda" else 256
+    return 64 if on_gpu(device) else 256
 
 
 def _splits(device: torch.device, blocks: int, items: int) -> tuple[int, int]:
     """(number of splits, items per split) for the reduction grids: about 4 waves of programs."""
     target = 1  # the interpreter runs programs one after another: fewer is cheaper
-    if device.type == "cuda":
-        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    if on_gpu(device):
+        target = 4 * multiprocessors(device)
     splits = max(1, min(items, triton.cdiv(target, blocks)))
     per = triton.cdiv(items, splits)
     return triton.cdiv(items, per), per
@@ -299,7 +301,7 @@ def _splits(device: torch.device, blocks: int, items: int) -> tuple[int, int]:
 
 def _upcast(x: torch.Tensor) -> bool:
     """bf16 dots go through float32 off CUDA: the interpreter's bf16 tl.dot is broken."""
-    return x.dtype == torch.bfloat16 and x.device.type != "cuda"
+    return x.dtype == torch.bfloat16 and not on_gpu(x.device)
 
 
 def _out_size(size: int, k: int, stride: int, padding: int) -> int:
