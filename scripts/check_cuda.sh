@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Compile-check every CUDA source (csrc/cuda/*.cu) with nvcc for sm_75, sm_80, sm_87 and sm_90,
-# warnings as errors. Needs no GPU: it only compiles (objects go to a temporary directory).
+# Compile-check every CUDA source (csrc/cuda/*.cu) with nvcc for the architectures the CUDA 13
+# build targets (sm_75, 80, 86, 87, 89, 90; CMakeLists.txt), warnings as errors. Needs no GPU: it
+# only compiles (objects go to a temporary directory).
 #
 #   PYTHON=/path/to/python bash scripts/check_cuda.sh
+#   CUDA_ARCHS="70 72" NVCC_EXTRA_FLAGS="-Xptxas -v" bash scripts/check_cuda.sh   # CUDA 12; ptxas info
 #
 # Without nvcc on PATH it says so and exits 0, unless RTDA_REQUIRE_NVCC=1 (then exit 1).
 # csrc/cuda/compile_check supplies the one generated header a CPU-only torch wheel lacks.
@@ -23,7 +25,8 @@ PY="${PYTHON:-python}"
 TORCH_DIR="$("$PY" -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
 CXX11_ABI="$("$PY" -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))')"
 
-ARCHS=(75 80 87 90)
+read -r -a ARCHS <<< "${CUDA_ARCHS:-75 80 86 87 89 90}"
+read -r -a EXTRA <<< "${NVCC_EXTRA_FLAGS:-}"
 GENCODE=()
 ARCH_LIST=""
 for a in "${ARCHS[@]}"; do
@@ -60,7 +63,7 @@ for src in "${SOURCES[@]}"; do
       -isystem "$TORCH_DIR/include/torch/csrc/api/include" \
       -I csrc/include \
       -DTORCH_EXTENSION_NAME=none -D_GLIBCXX_USE_CXX11_ABI="$CXX11_ABI" \
-      "${TORCH_NVCC_FLAGS[@]}" \
+      "${TORCH_NVCC_FLAGS[@]}" ${EXTRA[@]+"${EXTRA[@]}"} \
       -Xcompiler -fPIC \
       -Werror all-warnings -Xcompiler -Wall,-Werror; then
     echo "check_cuda: OK   $src ($((SECONDS - start)) s)"
