@@ -47,6 +47,10 @@ def flag(row: dict) -> str:
     notes = []
     if row.get("spill_stores", 0) or row.get("spill_loads", 0):
         notes.append(f"spills {row['spill_stores']}/{row['spill_loads']} B")
+    if row.get("local", 0):
+        notes.append(f"{row['local']} B local memory")
+    if not row["registers"]:
+        notes.append("no register count")
     if row["target"] == "sm_80" and row["blocks_sm80"] < 2:
         notes.append(f"{row['blocks_sm80']} block/SM ({row['limit_sm80']})")
     return "; ".join(notes)
@@ -136,6 +140,7 @@ def cuda_rows() -> list[dict]:
 
 def _annotate(rows: list[dict]) -> None:
     for r in rows:
+        r.setdefault("registers", 0)  # 0: neither ptxas nor the cubin reported (listed as such)
         r["blocks_sm80"], r["limit_sm80"] = blocks_per_sm(r["registers"], r["shared"], r["threads"])
         r["flag"] = flag(r)
 

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -89,10 +90,11 @@ class Variant:
     constexprs: dict
     attrs: dict
     options: dict = field(repr=False, default_factory=dict)
+    key: tuple = field(repr=False, default=())
 
     def label(self) -> str:
-        names = self.kernel.arg_names
-        values = ", ".join(f"{names[k[0]]}={v}" for k, v in sorted(self.constexprs.items()))
+        """``name [dtype] {declared constexprs}``: the same for every target."""
+        values = ", ".join(f"{name}={value}" for name, value in self.key[2])
         return f"{self.name} [{self.dtype}] {{{values}}}"
 
 
@@ -186,7 +188,7 @@ def specialise(launches: Iterable[Launch], capability: int) -> list[Variant]:
         key = (k.__name__, launch.dtype, declared)
         if key not in seen:
             seen[key] = Variant(k, k.__name__, launch.dtype, signature, constexprs, attrs,
-                                options.__dict__)
+                                options.__dict__, key)
     return list(seen.values())
 
 
@@ -202,6 +204,27 @@ def parse_ptxas_log(log: str) -> dict[str, int]:
         return {}
     return {"registers": int(m["regs"]), "stack": int(m["stack"]),
             "spill_stores": int(m["stores"]), "spill_loads": int(m["loads"])}
+
+
+_RESOURCES = re.compile(r"REG:(?P<regs>\d+) STACK:(?P<stack>\d+) SHARED:\d+ LOCAL:(?P<local>\d+)")
+
+
+def cubin_resources(cubin: bytes) -> dict[str, int]:
+    """Registers and stack from the cubin itself (cuobjdump, shipped with triton), for a compile
+    that ptxas did not report on (a cache hit). Spills are not in the cubin: local memory is."""
+    import tempfile
+
+    from triton import knobs
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        run = subprocess.run([knobs.nvidia.cuobjdump.path, "--dump-resource-usage", f.name],
+                             capture_output=True, text=True)
+    m = _RESOURCES.search(run.stdout)
+    if not m:
+        return {}
+    return {"registers": int(m["regs"]), "stack": int(m["stack"]), "local": int(m["local"])}
 
 
 def compile_variant(variant: Variant, capability: int) -> dict:
@@ -223,25 +246,41 @@ def compile_variant(variant: Variant, capability: int) -> dict:
     except Exception as exc:  # any compiler failure is a result to report
         row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
         return row
+    resources = parse_ptxas_log(log.getvalue()) or cubin_resources(compiled.asm["cubin"])
     row.update(shared=compiled.metadata.shared, warps=compiled.metadata.num_warps,
-               cubin_bytes=len(compiled.asm["cubin"]), **parse_ptxas_log(log.getvalue()))
+               cubin_bytes=len(compiled.asm["cubin"]), **resources)
     return row
 
 
-def compile_target(capability: int, dwsep_cases: list, loss_cases: list) -> list[dict]:
-    """Record, specialise and compile everything for one target (one worker's job)."""
-    launches = record_launches(dwsep_cases, loss_cases, TARGETS[capability][1])
-    return [compile_variant(v, capability) for v in specialise(launches, capability)]
+def compile_target(capability: int, dwsep_cases: list, loss_cases: list,
+                   spread: tuple[list, list, list[int]] | None = None) -> list[dict]:
+    """Record, specialise and compile everything for one target (one worker's job).
+
+    ``spread`` = (paper dwsep cases, paper loss cases, all targets): variants the paper cases
+    produce are compiled for every target, the others for one target each (round robin)."""
+    sms = TARGETS[capability][1]
+    variants = specialise(record_launches(dwsep_cases, loss_cases, sms), capability)
+    if spread is not None:
+        paper_dwsep, paper_loss, targets = spread
+        paper = {v.key for v in specialise(record_launches(paper_dwsep, paper_loss, sms),
+                                           capability)}
+        extra = [v.key for v in variants if v.key not in paper]
+        mine = set(extra[targets.index(capability)::len(targets)])
+        variants = [v for v in variants if v.key in paper or v.key in mine]
+    return [compile_variant(v, capability) for v in variants]
 
 
 def compile_all(capabilities: Iterable[int], dwsep_cases: list, loss_cases: list, jobs: int = 2,
-                progress: Callable[[str], None] = print) -> list[dict]:
-    """compile_target for every capability, ``jobs`` targets at a time in worker processes."""
+                progress: Callable[[str], None] = print,
+                spread_from: tuple[list, list] | None = None) -> list[dict]:
+    """compile_target for every capability, ``jobs`` targets at a time in worker processes;
+    ``spread_from`` = (paper dwsep cases, paper loss cases) spreads the others (compile_target)."""
     capabilities = list(capabilities)
+    spread = None if spread_from is None else (*spread_from, capabilities)
     rows: list[dict] = []
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {cap: pool.submit(compile_target, cap, dwsep_cases, loss_cases)
+        futures = {cap: pool.submit(compile_target, cap, dwsep_cases, loss_cases, spread)
                    for cap in capabilities}
         for cap, future in futures.items():
             result = future.result()
@@ -253,15 +292,18 @@ def compile_all(capabilities: Iterable[int], dwsep_cases: list, loss_cases: list
 
 
 def summary(rows: list[dict]) -> str:
-    """One line: kernels x (dtype, variant) pairs x targets = compiles, and failures."""
+    """Kernels, distinct (kernel, dtype, variant) combinations, compiles and failures."""
     kernels = {r["kernel"] for r in rows}
     targets = {r["target"] for r in rows}
-    per_target = len(rows) // max(1, len(targets))
+    combos = {(r["kernel"], r["variant"]) for r in rows}
+    everywhere = sum(1 for c in combos
+                     if sum((r["kernel"], r["variant"]) == c for r in rows) == len(targets))
     dtypes = {r["dtype"] for r in rows}
     failed = sum("error" in r for r in rows)
-    return (f"{len(kernels)} kernels, {per_target} (kernel, dtype, variant) combinations over "
-            f"{len(dtypes)} dtypes, x {len(targets)} targets = {len(rows)} compiles, "
-            f"{failed} failed")
+    where = (f"each for all {len(targets)} targets" if everywhere == len(combos) else
+             f"{everywhere} for all {len(targets)} targets, the rest for one each")
+    return (f"{len(kernels)} kernels, {len(combos)} (kernel, dtype, variant) combinations over "
+            f"{len(dtypes)} dtypes ({where}), {len(rows)} compiles, {failed} failed")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -274,6 +316,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"compute capabilities (default: all of {sorted(TARGETS)})")
     parser.add_argument("--cases", help="JSON file {\"dwsep\": [...], \"loss\": [...]} of extra "
                                         "cases, in the tuple forms of this module")
+    parser.add_argument("--spread", action="store_true",
+                        help="compile the variants only --cases produce for one target each "
+                             "(round robin) instead of every target: ~2.5x fewer compiles")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default: 2)")
     parser.add_argument("--json-out", help="write one row per compile (resources or error) here")
     return parser.parse_args(argv)
@@ -292,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
             extra = json.load(f)
         dwsep += [tuple(c) for c in extra.get("dwsep", [])]
         loss += [(tuple(a), tuple(b)) for a, b in extra.get("loss", [])]
-    rows = compile_all(args.targets, dwsep, loss, args.jobs)
+    spread_from = (paper_dwsep_cases(), paper_loss_cases()) if args.spread else None
+    rows = compile_all(args.targets, dwsep, loss, args.jobs, spread_from=spread_from)
     for r in rows:
         if "error" in r:
             print(f"aot: FAIL {r['variant']} for {r['target']}: {r['error']}", file=sys.stderr)

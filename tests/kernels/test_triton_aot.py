@@ -2,8 +2,11 @@
 
 ``python -m rtda_kernels.triton.aot`` records the launches the launchers make for a GPU (paper
 shapes plus the shapes the Triton tests run on a GPU), specialises them with Triton's own binder
-and compiles each distinct (kernel, dtype, constexprs) for sm_70, 72, 75, 80, 87 and 90. It runs
-in a child process: kernels imported under TRITON_INTERPRET=1 cannot be compiled. Compiles land in
+and compiles each distinct (kernel, dtype, constexprs): the paper shapes' variants for each of
+sm_70, 72, 75, 80, 87 and 90, the variants only the test shapes produce for one of them each
+(``--spread``: all 342 x 6 take ~10 minutes here cold, too long for ``make test``; run
+``python -m rtda_kernels.triton.aot --cases ...`` without it for the full matrix). It runs in a
+child process: kernels imported under TRITON_INTERPRET=1 cannot be compiled. Compiles land in
 Triton's on-disk cache, so a second run takes seconds.
 """
 
@@ -34,7 +37,8 @@ def test_every_variant_compiles_for_every_target(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, without its warning
     run = subprocess.run(
-        [sys.executable, "-m", "rtda_kernels.triton.aot", "--cases", str(cases), "--jobs", "2",
+        [sys.executable, "-m", "rtda_kernels.triton.aot", "--cases", str(cases), "--spread",
+         "--jobs", "2",
          "--json-out", str(rows_path)],
         capture_output=True, text=True, env=env, timeout=1800)
     print(run.stdout)
@@ -44,6 +48,12 @@ def test_every_variant_compiles_for_every_target(tmp_path):
 
     targets = {f"sm_{cap}" for cap in aot.TARGETS}
     assert {r["target"] for r in rows} == targets
+    by_variant: dict[str, set[str]] = {}
+    for r in rows:
+        by_variant.setdefault(r["variant"], set()).add(r["target"])
+    everywhere = [v for v, t in by_variant.items() if t == targets]
+    assert len(everywhere) >= 90  # the paper shapes' variants (93 today)
+    assert len(by_variant) >= 300  # with those only the test shapes produce (342 today)
     kernels = {r["kernel"] for r in rows}
     assert kernels == {"_fwd_kernel", "_grad_d_kernel", "_grad_pw_kernel", "_grad_x_kernel",
                        "_grad_dw_kernel", "resized_kernel", "flat_kernel", "finalize_kernel"}
