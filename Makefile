@@ -62,7 +62,7 @@ gpu-resources: setup
 # On a machine with a CUDA GPU: build with CUDA, run the GPU tests and benchmarks, write docs/gpu.md.
 # Without a GPU it says so and exits 0.
 gpu-check:
-	bash scripts/gpu_check.sh
+	PYTHON=$(PYTHON) bash scripts/gpu_check.sh
 
 # Every benchmark (pytest bench --benchmark-only), rendered as docs/benchmarks.md with charts.
 bench: setup
