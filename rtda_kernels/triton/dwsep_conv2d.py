@@ -299,6 +299,12 @@ def _splits(device: torch.device, blocks: int, items: int) -> tuple[int, int]:
     return triton.cdiv(items, per), per
 
 
+# The two kernels that hold a [BLOCK_O, BLOCK_P] accumulator next to the depthwise tile: with 4
+# warps ptxas spilled up to ~0.8 KB per thread at 255 registers (sm_70..sm_87,
+# docs/gpu_resources.md); 8 warps halve the per-thread share and remove nearly all of it.
+_WIDE_WARPS = 8
+
+
 def _upcast(x: torch.Tensor) -> bool:
     """bf16 dots go through float32 off CUDA: the interpreter's bf16 tl.dot is broken."""
     return x.dtype == torch.bfloat16 and not on_gpu(x.device)
@@ -327,7 +333,8 @@ def forward(x: torch.Tensor, dw_weight: torch.Tensor, dw_bias: torch.Tensor | No
         C_in, C_out, H, W, Ho, Wo, stride, padding,
         0.0 if negative_slope is None else float(negative_slope),
         K=K, HAS_DWB=dw_bias is not None, HAS_PWB=pw_bias is not None,
-        HAS_ACT=negative_slope is not None, UPCAST=_upcast(x), BLOCK_O=BO, BLOCK_C=BC, BLOCK_P=BP)
+        HAS_ACT=negative_slope is not None, UPCAST=_upcast(x), BLOCK_O=BO, BLOCK_C=BC, BLOCK_P=BP,
+        num_warps=_WIDE_WARPS)
     return y
 
 
@@ -369,7 +376,7 @@ def backward(grad_y: torch.Tensor, x: torch.Tensor, y: torch.Tensor, dw_weight: 
     _grad_pw_kernel[(blocks * splits,)](
         x, dw_weight, dwb, grad_y, y, part_w, part_b, N, C_in, C_out, H, W, Ho, Wo,
         stride, padding, slope, per, K=K, HAS_DWB=dw_bias is not None, HAS_ACT=has_act,
-        UPCAST=upcast, BLOCK_O=BO, BLOCK_C=BC, BLOCK_P=BP)
+        UPCAST=upcast, BLOCK_O=BO, BLOCK_C=BC, BLOCK_P=BP, num_warps=_WIDE_WARPS)
     grad_pw_weight = part_w.sum(0).to(pw_weight.dtype).reshape(pw_weight.shape)
     grad_pw_bias = part_b.sum(0).to(pw_weight.dtype)
 
