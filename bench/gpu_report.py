@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.report import cpu_model
+
 MIB = 2**20
 COLUMNS = ("case", "provider", "median ms", "speed-up vs eager", "peak MiB", "+step MiB",
            "max rel err", "check", "first call s", "runs")
@@ -63,17 +65,6 @@ def _nvidia_smi(query: str) -> str:
     return out.strip().splitlines()[0] if out.strip() else "n/a"
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(device: str, command: str) -> list[tuple[str, str]]:
     """(name, value) rows of the page's header: what ran, where, with which versions."""
     import rtda_kernels  # here, not at the top: it imports triton (TRITON_INTERPRET comes first)
@@ -90,10 +81,10 @@ def environment(device: str, command: str) -> list[tuple[str, str]]:
                  ("CUDA (torch)", str(torch.version.cuda)),
                  ("cuDNN", str(torch.backends.cudnn.version()))]
     else:
-        rows.append(("device", f"CPU: {_cpu_name()}, {torch.get_num_threads()} threads"))
+        rows.append(("device", f"CPU: {cpu_model()}, {torch.get_num_threads()} threads"))
     conv = getattr(torch.backends.cudnn.conv, "fp32_precision", None)
     if device == "cuda":
-        rows += [("host CPU", _cpu_name()),
+        rows += [("host CPU", cpu_model()),
                  ("settings", f"cudnn.benchmark={torch.backends.cudnn.benchmark}, cuDNN conv "
                               f"float32 precision {conv or torch.backends.cudnn.allow_tf32}, "
                               f"matmul precision {torch.get_float32_matmul_precision()}")]

@@ -75,7 +75,8 @@ def triton_rows(jobs: int) -> list[dict]:
 _ENTRY = re.compile(r"Compiling entry function '(?P<name>[^']+)' for '(?P<target>sm_\d+)'")
 _PROPS = re.compile(r"(?P<stack>\d+) bytes stack frame, (?P<stores>\d+) bytes spill stores, "
                     r"(?P<loads>\d+) bytes spill loads")
-_USED = re.compile(r"Used (?P<regs>\d+) registers(?:, used \d+ barriers)?(?:, (?P<smem>\d+) bytes smem)?")
+_USED = re.compile(r"Used (?P<regs>\d+) registers")
+_SMEM = re.compile(r"(?P<smem>\d+) bytes smem")
 
 
 def parse_ptxas(log: str) -> list[dict]:
@@ -89,7 +90,8 @@ def parse_ptxas(log: str) -> list[dict]:
             current.update(stack=int(m["stack"]), spill_stores=int(m["stores"]),
                            spill_loads=int(m["loads"]))
         elif current and (m := _USED.search(line)):
-            current.update(registers=int(m["regs"]), shared=int(m["smem"] or 0))
+            smem = _SMEM.search(line)
+            current.update(registers=int(m["regs"]), shared=int(smem["smem"]) if smem else 0)
     return [r for r in rows if "registers" in r]
 
 

@@ -134,7 +134,7 @@ def section_chart(title: str, groups: list[Group], path: Path) -> Path:
     return path
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -158,7 +158,7 @@ def _simd() -> str:
 def machine_description() -> list[str]:
     import torch
 
-    lines = [f"CPU: {_cpu_model()} ({os.cpu_count()} cores, torch threads "
+    lines = [f"CPU: {cpu_model()} ({os.cpu_count()} cores, torch threads "
              f"{torch.get_num_threads()}; SIMD: {_simd()})",
              f"torch {torch.__version__}, Python {platform.python_version()}"]
     for package in ("triton", "onnxruntime"):
