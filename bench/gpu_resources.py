@@ -72,6 +72,7 @@ def triton_rows(jobs: int) -> list[dict]:
     return rows
 
 
+_PROPS_FOR = re.compile(r"Function properties for (?P<name>\S+)")
 _ENTRY = re.compile(r"Compiling entry function '(?P<name>[^']+)' for '(?P<target>sm_\d+)'")
 _PROPS = re.compile(r"(?P<stack>\d+) bytes stack frame, (?P<stores>\d+) bytes spill stores, "
                     r"(?P<loads>\d+) bytes spill loads")
@@ -81,12 +82,14 @@ _SMEM = re.compile(r"(?P<smem>\d+) bytes smem")
 
 def parse_ptxas(log: str) -> list[dict]:
     """One row per (entry function, target) from nvcc's ``-Xptxas -v`` output."""
-    rows, current = [], None
+    rows, current, props_for = [], None, None
     for line in log.splitlines():
         if m := _ENTRY.search(line):
             current = {"kernel": m["name"], "target": m["target"], "shared": 0}
             rows.append(current)
-        elif current and (m := _PROPS.search(line)):
+        elif m := _PROPS_FOR.search(line):
+            props_for = m["name"]  # the entry itself, or a device function it calls
+        elif current and props_for == current["kernel"] and (m := _PROPS.search(line)):
             current.update(stack=int(m["stack"]), spill_stores=int(m["stores"]),
                            spill_loads=int(m["loads"]))
         elif current and (m := _USED.search(line)):
