@@ -11,7 +11,7 @@ by ptxas. Variants are the distinct (kernel, dtype, tl.constexpr values) the lau
     python -m rtda_kernels.triton.aot --targets 80 90 --cases extra.json --json-out result.json
 
 Needs TRITON_INTERPRET unset (interpreted kernels cannot be compiled); it is removed at import
-when run as a script. Docs: docs/gpu.md.
+when run as a script. Docs: the README's GPU section.
 """
 
 from __future__ import annotations
