@@ -299,10 +299,8 @@ def _splits(device: torch.device, blocks: int, items: int) -> tuple[int, int]:
     return triton.cdiv(items, per), per
 
 
-# The two kernels that hold a [BLOCK_O, BLOCK_P] accumulator next to the depthwise tile: with 4
-# warps ptxas spilled up to ~0.8 KB per thread at 255 registers (sm_70..sm_87,
-# docs/gpu_resources.md); 8 warps halve the per-thread share: no spills left on sm_80/90 but a few
-# bytes, ~0.45 KB left in the fp16/bf16 backward on sm_70..sm_75 (not measured on a GPU yet).
+# Forward and grad-pw hold a [BLOCK_O, BLOCK_P] accumulator beside the depthwise tile: 4 warps
+# spilled up to 0.8 KB/thread on sm_70..87 (docs/gpu_resources.md), 8 warps halve the share.
 _WIDE_WARPS = 8
 
 
