@@ -1,5 +1,5 @@
 """``DepthwiseSeparableConv2d``: depthwise k x k conv, pointwise 1x1 conv, optional LeakyReLU,
-as one fused op; and ``fuse_modules``, which swaps that pattern into an existing model."""
+as one fused op (``rtda_kernels.nn.fusion.fuse_dwsep`` swaps that pattern into an existing model)."""
 
 from __future__ import annotations
 
@@ -80,71 +80,10 @@ class DepthwiseSeparableConv2d(nn.Module):
         return f"negative_slope={self.negative_slope}, fused={self.fused}"
 
 
-def _is_fusable_depthwise(m: nn.Module) -> bool:
-    return (
-        type(m) is nn.Conv2d
-        and m.groups == m.in_channels == m.out_channels
-        and m.kernel_size[0] == m.kernel_size[1]
-        and m.stride[0] == m.stride[1]
-        and isinstance(m.padding, tuple)
-        and m.padding[0] == m.padding[1] < m.kernel_size[0]
-        and m.dilation == (1, 1)
-        and m.padding_mode == "zeros"
-    )
+def __getattr__(name: str):
+    # ``fuse_modules`` moved to rtda_kernels.nn.fusion (deprecated there in favour of fuse_dwsep).
+    if name == "fuse_modules":
+        from rtda_kernels.nn.fusion import fuse_modules
 
-
-def _is_fusable_pointwise(m: nn.Module, channels: int) -> bool:
-    return (
-        type(m) is nn.Conv2d
-        and m.in_channels == channels
-        and m.kernel_size == (1, 1)
-        and m.stride == (1, 1)
-        and m.padding in ((0, 0), "valid")
-        and m.dilation == (1, 1)
-        and m.groups == 1
-    )
-
-
-def _slope_of(m: nn.Module) -> float | None:
-    """The slope of an activation the op can absorb (ReLU is slope 0), else None."""
-    if type(m) is nn.LeakyReLU and m.negative_slope >= 0:
-        return float(m.negative_slope)
-    if type(m) is nn.ReLU:
-        return 0.0
-    return None
-
-
-def _fuse_sequential(seq: nn.Sequential) -> None:
-    """Replace each [depthwise, 1x1, activation?] run by one fused module at the run's first index
-    and ``nn.Identity`` at the others, so that the indices of later layers do not move."""
-    children = list(seq.children())
-    i = 0
-    while i + 1 < len(children):
-        dw, pw = children[i], children[i + 1]
-        if not (_is_fusable_depthwise(dw) and _is_fusable_pointwise(pw, dw.out_channels)):
-            i += 1
-            continue
-        slope = _slope_of(children[i + 2]) if i + 2 < len(children) else None
-        run = 3 if slope is not None else 2
-        seq[i] = DepthwiseSeparableConv2d.from_convs(dw, pw, slope)
-        for j in range(i + 1, i + run):
-            seq[j] = nn.Identity()
-        i += run
-
-
-def fuse_modules(model: nn.Module) -> nn.Module:
-    """Switch ``model`` (in place) to the fused op wherever it computes a depthwise-separable conv.
-
-    Unfused ``DepthwiseSeparableConv2d`` modules are switched to ``fused=True`` (state_dict
-    unchanged); in every ``nn.Sequential``, a run of a depthwise ``Conv2d`` (groups == channels,
-    square kernel, zero padding < kernel), a 1x1 ``Conv2d`` and an optional ``LeakyReLU`` (slope
-    >= 0) or ``ReLU`` becomes one ``DepthwiseSeparableConv2d`` holding the same parameter objects:
-    outputs are unchanged, the run's state_dict keys become ``<i>.depthwise.*``/``<i>.pointwise.*``.
-    Returns ``model``.
-    """
-    for module in list(model.modules()):
-        if isinstance(module, DepthwiseSeparableConv2d):
-            module.fused = True
-        elif isinstance(module, nn.Sequential):
-            _fuse_sequential(module)
-    return model
+        return fuse_modules
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

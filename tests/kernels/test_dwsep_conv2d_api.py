@@ -1,5 +1,5 @@
 """dwsep_conv2d's public surface: bad input on every backend, backend selection, the drop-in
-module and fuse_modules."""
+module and fuse_dwsep."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import rtda_kernels
-from rtda_kernels.nn import DepthwiseSeparableConv2d, fuse_modules
+from rtda_kernels.nn import DepthwiseSeparableConv2d, fuse_dwsep
 
 from .helpers import backend_params, device_of
 
@@ -155,12 +155,12 @@ def _plain_model():
     )
 
 
-def test_fuse_modules_swaps_every_pattern_and_keeps_outputs():
+def test_fuse_dwsep_swaps_every_pattern_and_keeps_outputs():
     model = _plain_model()
     x = torch.randn(2, 3, 20, 18)
     expected = model(x)
     params_before = {id(p) for p in model.parameters()}
-    fuse_modules(model)
+    fuse_dwsep(model)
     fused = [m for m in model.modules() if isinstance(m, DepthwiseSeparableConv2d)]
     assert len(fused) == 4 and all(m.fused for m in fused)
     assert [m.negative_slope for m in fused] == [0.2, None, 0.0, None]
