@@ -23,9 +23,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from rtda.checkpoints import CheckpointError, load_segmenter
+from rtda.cli import add_version
 from rtda.data import DATASETS, DatasetError, SegmentationDataset, build_dataset, collate
 from rtda.data.labels import train_ids_to_label_ids
 from rtda.data.transforms import PAPER_SIZE, SegmentationTransform, parse_size
+from rtda.devices import resolve_device
 from rtda.metrics import ConfusionMatrix, Scores
 from rtda.models import OUTPUT_STRIDE
 
@@ -135,7 +137,7 @@ def evaluation_dataset(dataset: str, root: str | None, split: str | None,
 
 def _resolution(args: argparse.Namespace, config: dict) -> tuple[int, int]:
     if args.resolution is not None:
-        resolution = parse_size(args.resolution)
+        resolution = parse_size(args.resolution, OUTPUT_STRIDE)
     elif config.get("resolution"):
         resolution = tuple(int(v) for v in config["resolution"])
     else:
@@ -178,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(SYNTHIA -> Cityscapes); all three go to --json")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="data loading processes")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--save-predictions", default=None, metavar="DIR",
                         help="write DIR/trainIds/... and DIR/labelIds/... PNGs (the label-id files "
                              "are what the official Cityscapes evaluation reads); first "
@@ -196,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated column titles for the checkpoints")
     parser.add_argument("--figure-only", action="store_true", help="skip the scoring pass")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
+    return add_version(parser)
 
 
 def _models(args: argparse.Namespace) -> Iterator[tuple[str, torch.nn.Module, dict]]:
@@ -213,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.figure_only and args.figure is None:
         parser.error("--figure-only needs --figure")
     try:
+        args.device = resolve_device(args.device)
         models = list(_models(args))
         resolution = _resolution(args, models[0][2])
         dataset = evaluation_dataset(args.dataset, args.root, args.split, resolution,

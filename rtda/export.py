@@ -18,6 +18,7 @@ argmax (the predicted class, or for a discriminator the domain decision) must ag
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from rtda.checkpoints import CheckpointError, load_segmenter, read_checkpoint
+from rtda.cli import add_version
 from rtda.data.images import BadSampleError, read_rgb
 from rtda.data.transforms import parse_size
 from rtda.models import DISCRIMINATORS, OUTPUT_STRIDE, build_discriminator
@@ -206,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--atol", type=float, default=ATOL,
                         help="largest allowed logit difference (default: %(default)s)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
-    return parser
+    return add_version(parser)
 
 
 def _default_output(checkpoint: str, what: str) -> Path:
@@ -219,6 +221,10 @@ def _discriminator(checkpoint: str) -> nn.Module:
     """The checkpoint's discriminator, built from the fused layers, in eval mode."""
     data = read_checkpoint(checkpoint)
     name = (data.get("config") or {}).get("discriminator")
+    if "classifier.weight" not in data["model"]:
+        raise CheckpointError(f"{checkpoint} is a bare state_dict, not a training checkpoint: "
+                              f"--model discriminator needs an adapt run's checkpoint (e.g. its "
+                              f"last.pt), which holds the segmenter whose output it reads")
     if "discriminator" not in data or name not in DISCRIMINATORS:
         raise CheckpointError(f"{checkpoint} holds no discriminator (it was not written by an "
                               f"adapt-mode training run)")
@@ -239,9 +245,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--opset must be >= {MIN_OPSET}, got {args.opset}")
     if args.check_count < 1:
         parser.error("--check-count must be >= 1")
+    missing = [name for name in ("onnx", "onnxscript", *(() if args.no_check else
+                                                         ("onnxruntime",)))
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"error: python -m rtda.export needs {', '.join(missing)}, which is not installed: "
+              f"pip install 'rtda[export]' (or: pip install {' '.join(missing)})",
+              file=sys.stderr)
+        return 2
     try:
+        discriminator = _discriminator(args.checkpoint) if args.model != "segmenter" else None
         segmenter, config = load_segmenter(args.checkpoint)
-        resolution = (parse_size(args.resolution) if args.resolution
+        resolution = (parse_size(args.resolution, OUTPUT_STRIDE) if args.resolution
                       else tuple(config.get("resolution", (512, 1024))))
         if resolution[0] % OUTPUT_STRIDE or resolution[1] % OUTPUT_STRIDE:
             raise ValueError(f"--resolution must be multiples of {OUTPUT_STRIDE}, got "
@@ -252,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.model == "segmenter":
             model, example, names, multiple = lean, inputs[:1], ("image", "logits"), OUTPUT_STRIDE
         else:
-            model = _discriminator(args.checkpoint)
+            model = discriminator
             with torch.inference_mode():
                 inputs = torch.softmax(lean(inputs), dim=1)
             example, names, multiple = inputs[:1].clone(), ("probabilities", "domain_logits"), \

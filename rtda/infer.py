@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from rtda.checkpoints import CheckpointError
+from rtda.cli import add_version
 from rtda.data.images import BadSampleError, read_rgb
 from rtda.data.labels import NUM_CLASSES, colorize, train_ids_to_label_ids
 from rtda.data.transforms import parse_size
@@ -173,14 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", default=None, metavar="WxH",
                         help="model input size, e.g. 1024x512 (default: the checkpoint's "
                              "training resolution, else 1024x512)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N")
     parser.add_argument("--precision", default="float32", choices=tuple(PRECISIONS))
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (slow first frame, faster after)")
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="overlay opacity of the colours, 0-1 (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
+    return add_version(parser)
 
 
 def _frames(args: argparse.Namespace) -> tuple[Iterator, int, VideoWriter | None]:
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     resolution = None
     if args.resolution is not None:
         try:
-            resolution = parse_size(args.resolution)
+            resolution = parse_size(args.resolution, OUTPUT_STRIDE)
         except ValueError as err:
             parser.error(str(err))
     try:

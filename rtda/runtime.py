@@ -26,6 +26,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from rtda.checkpoints import load_segmenter
 from rtda.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from rtda.devices import resolve_device
 from rtda.models import OUTPUT_STRIDE, BiSeNet
 from rtda.models.bisenet import _resize
 from rtda.models.deployed import DeployedBiSeNet, use_winograd
@@ -101,11 +102,11 @@ def _dtype(precision: str) -> torch.dtype:
 
 
 def _resolution(value: Sequence[int] | None, config: dict[str, Any]) -> tuple[int, int]:
-    height, width = value if value is not None else config.get("resolution", DEFAULT_RESOLUTION)
-    height, width = int(height), int(width)
+    given = value if value is not None else config.get("resolution", DEFAULT_RESOLUTION)
+    height, width = (int(v) for v in given)
     if height <= 0 or width <= 0 or height % OUTPUT_STRIDE or width % OUTPUT_STRIDE:
         raise ValueError(f"resolution must be (height, width), positive multiples of "
-                         f"{OUTPUT_STRIDE}, got {height}x{width}")
+                         f"{OUTPUT_STRIDE}, got {tuple(given)}")
     return height, width
 
 
@@ -126,7 +127,7 @@ class Segmenter:
     def __init__(self, checkpoint: str | os.PathLike | BiSeNet, device: str | torch.device = "cpu",
                  precision: str = "float32", compile: bool = False,
                  resolution: Sequence[int] | None = None, num_classes: int | None = None) -> None:
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.dtype = _dtype(precision)
         if isinstance(checkpoint, BiSeNet):
             model, config = checkpoint, {}
@@ -205,8 +206,8 @@ class Segmenter:
 
     def _from_tensor(self, images: torch.Tensor) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """A float 0-1 batch at the model's resolution (bicubic, antialiased), and the sizes."""
-        if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
-            raise ValueError(f"images must be an N x 3 x H x W tensor (RGB), got shape "
+        if images.dim() != 4 or images.shape[1] != 3 or 0 in images.shape:
+            raise ValueError(f"images must be a non-empty N x 3 x H x W tensor (RGB), got shape "
                              f"{tuple(images.shape)}")
         if images.dtype == torch.uint8:
             batch = images.to(self.device).float().div_(255)
@@ -230,10 +231,15 @@ def _as_pil(image: Any, name: str) -> Image.Image:
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"{name} must be an H x W x 3 uint8 RGB array, got {image.dtype} "
                              f"of shape {image.shape}")
-        return Image.fromarray(image)
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    raise TypeError(f"{name} must be a NumPy array or a PIL image, got {type(image).__name__}")
+        image = Image.fromarray(image) if image.size else Image.new("RGB", image.shape[1::-1])
+    elif isinstance(image, Image.Image):
+        image = image.convert("RGB")
+    else:
+        raise TypeError(f"{name} must be a NumPy array or a PIL image, got "
+                        f"{type(image).__name__}")
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"{name} is empty ({image.width}x{image.height} pixels)")
+    return image
 
 
 def image_batch(images: Sequence[Any], resolution: tuple[int, int]

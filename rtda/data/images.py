@@ -25,7 +25,12 @@ class DatasetError(ValueError):
 class BadSampleError(DatasetError):
     """One sample cannot be read: a corrupt image, a missing or mis-sized label."""
 
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+    def __init__(self, path: str | os.PathLike, reason: str | None = None) -> None:
+        if reason is None:
+            # rebuilt from one message: by pickling, or by a DataLoader worker's re-raise, whose
+            # message ends with the original "...BadSampleError: PATH: REASON" line
+            last = str(path).rstrip().splitlines()[-1] if str(path).strip() else ""
+            path, _, reason = last.split("BadSampleError: ", 1)[-1].partition(": ")
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
@@ -43,9 +48,25 @@ def _open(path: Path) -> Image.Image:
 
 
 def read_rgb(path: str | os.PathLike) -> Image.Image:
-    """The image at ``path`` as an RGB Pillow image (greyscale and palette images converted)."""
+    """The image at ``path`` as an 8-bit RGB Pillow image, whatever its mode (greyscale, palette,
+    alpha, CMYK, 16-bit and float greyscale)."""
     image = _open(Path(path))
-    return image if image.mode == "RGB" else image.convert("RGB")
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _to_8bit(image)
+    return image.convert("RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float greyscale image scaled to 8 bits (Pillow's own
+    ``convert`` clips such values at 255: a 16-bit image would come out white)."""
+    values = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("I;16") or (image.mode == "I" and values.max(initial=0) > 255):
+        values = values / 257  # 0..65535 -> 0..255 (older Pillow opens 16-bit PNGs as "I")
+    elif image.mode == "F" and values.max(initial=0) <= 1:
+        values = values * 255  # float images in 0..1
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
 
 
 def read_label_ids(path: str | os.PathLike) -> np.ndarray:

@@ -26,8 +26,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PAPER_SIZE = (512, 1024)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """"1024x512" (width x height, as the paper writes it) -> (height, width) = (512, 1024)."""
+def parse_size(text: str, multiple: int = 1) -> tuple[int, int]:
+    """"1024x512" (width x height, as the paper writes it) -> (height, width) = (512, 1024);
+    errors echo ``text`` as it was typed."""
     parts = text.lower().replace("*", "x").split("x")
     try:
         width, height = (int(p) for p in parts)
@@ -35,6 +36,9 @@ def parse_size(text: str) -> tuple[int, int]:
         raise ValueError(f"size must be WIDTHxHEIGHT such as 1024x512, got {text!r}") from None
     if width <= 0 or height <= 0:
         raise ValueError(f"size must be positive, got {text!r}")
+    if width % multiple or height % multiple:
+        raise ValueError(f"size must be WIDTHxHEIGHT with both multiples of {multiple}, got "
+                         f"{text!r}")
     return height, width
 
 

@@ -141,11 +141,14 @@ def load_pretrained(backbone: ResNet, path: str | os.PathLike) -> None:
     Any other missing or unexpected key, or a shape mismatch, raises ``ValueError`` listing them.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"pretrained checkpoint not found: {os.fspath(path)!r}")
+        raise ValueError(f"pretrained checkpoint not found: {os.fspath(path)!r} (--pretrained "
+                         f"takes a local torchvision ImageNet state_dict; nothing is downloaded)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file: say which file
-        raise ValueError(f"cannot read pretrained checkpoint {os.fspath(path)!r}: {error}") from error
+    except Exception as error:  # a truncated or foreign file: say which file, in one line
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot read pretrained checkpoint {os.fspath(path)!r}: "
+                         f"{reason}") from None
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
@@ -165,11 +168,11 @@ def load_backbone_state(backbone: ResNet, state: Mapping[str, torch.Tensor],
         for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)
     )
     if missing or unexpected or wrong:
-        lines = [f"{source} does not match a torchvision {backbone.name}:"]
+        lines = [f"{source} does not match a torchvision {backbone.name}"]
         for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                             ("shape mismatches", wrong)):
             if keys:
                 shown = ", ".join(keys[:10]) + (f" ... (+{len(keys) - 10} more)" if len(keys) > 10 else "")
-                lines.append(f"  {title} ({len(keys)}): {shown}")
-        raise ValueError("\n".join(lines))
+                lines.append(f"{title} ({len(keys)}): {shown}")
+        raise ValueError("; ".join(lines))
     backbone.load_state_dict(state, strict=True)

@@ -5,20 +5,22 @@ both optimisers and schedulers, the AMP scaler, the RNG states (torch, NumPy, Py
 iteration, how many samples each data stream has consumed, the best validation mIoU, and the
 resolved config. Files are written atomically (:func:`rtda.checkpoints.save_atomic`):
 ``iter_NNNNNN.pt`` every ``checkpoint_every`` iterations (the newest ``KEEP`` are kept), ``last.pt``
-when the run ends or is stopped, ``best.pt`` at the best validation mIoU. Resuming picks the file
-with the highest iteration.
+when the run ends or is stopped, ``best.pt`` at the best validation mIoU. Each carries a checksum
+(:mod:`rtda.checkpoints`). Resuming picks the intact file with the highest iteration.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from rtda.checkpoints import CheckpointError, save_atomic
+from rtda.checkpoints import CheckpointError, load, save_atomic
 
 KEEP = 2
 FORMAT = "rtda-train-1"
@@ -55,39 +57,79 @@ def write(state: dict[str, Any], out: Path, name: str) -> Path:
     return path
 
 
-def latest(run_dir: str | Path) -> Path:
-    """The checkpoint of ``run_dir`` with the highest iteration."""
+def latest(run_dir: str | Path, *, intact: bool = False,
+           skipped: list[str] | None = None) -> Path:
+    """The checkpoint of ``run_dir`` with the highest iteration, verified.
+
+    When it is corrupt: with ``intact`` the newest intact one (a line per corrupt file goes to
+    ``skipped``), else a :class:`CheckpointError` that names it and offers the newest intact one.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"resume directory not found: {run_dir}")
     candidates = [p for p in (*run_dir.glob("iter_*.pt"), run_dir / "last.pt") if p.is_file()]
     if not candidates:
         raise CheckpointError(f"no checkpoint (iter_*.pt or last.pt) in {run_dir}")
-    return max(candidates, key=lambda p: (_iteration(p), p.name == "last.pt"))
+    ordered, corrupt = [], []
+    for path in candidates:
+        try:
+            ordered.append((int(read(path)["iteration"]), path.name == "last.pt", path))
+        except CheckpointError as err:
+            corrupt.append((path, str(err)))
+    ordered.sort(reverse=True)
+    newest = ordered[0][2] if ordered else None
+    # a corrupt file newer than every intact one (last.pt, or an iter_ file numbered higher)
+    newer = [(p, e) for p, e in corrupt if p.name == "last.pt" or not ordered
+             or _number(p) > ordered[0][0]]
+    if newer and not intact:
+        path, error = newer[0]
+        offer = (f"; the newest intact one is {newest.name} (iteration {ordered[0][0]}): resume "
+                 f"from it with --resume {run_dir} --resume-intact" if newest
+                 else "; no intact checkpoint is left")
+        raise CheckpointError(error + offer)
+    if newest is None:
+        raise CheckpointError(f"no intact checkpoint in {run_dir}: " + "; ".join(
+            e for _, e in corrupt))
+    if skipped is not None:
+        skipped.extend(f"skipped {e}" for _, e in corrupt)
+    return newest
 
 
-def _iteration(path: Path) -> int:
-    if path.name.startswith("iter_"):
-        return int(path.stem.split("_")[1])
-    return int(read(path)["iteration"])
+def _number(path: Path) -> int:
+    return int(path.stem.split("_")[1]) if path.name.startswith("iter_") else -1
+
+
+def clean_stale(run_dir: str | Path) -> list[Path]:
+    """Removes the temporary files that an interrupted write left in ``run_dir`` (the caller
+    holds the run's lock, so no write is in progress); returns them."""
+    stale = sorted(Path(run_dir).glob(".*.pt.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def link(out: Path, source: str, name: str) -> Path:
+    """``out/name`` as a second name of ``out/source`` (a hard link, atomically replacing what
+    was there; a copy where the file system has no hard links)."""
+    temporary = out / f".{name}.{os.getpid()}.link.tmp"
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(out / source, temporary)
+    except OSError:
+        shutil.copy2(out / source, temporary)
+    os.replace(temporary, out / name)
+    return out / name
 
 
 def read(path: str | Path) -> dict[str, Any]:
-    """A training checkpoint (not just a model): its format is checked."""
-    data = _load_full(Path(path))
-    if data.get("format") != FORMAT:
+    """A training checkpoint (not just a model), verified: its checksum and format are checked."""
+    data = load(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{path} is not an RTDA training checkpoint (format "
-                              f"{data.get('format')!r}, expected {FORMAT!r})")
+                              f"{found!r}, expected {FORMAT!r})")
     return data
 
 
-def _load_full(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from None
-
-
-__all__ = ["KEEP", "latest", "read", "rng_state", "set_rng_state", "write"]
+__all__ = ["KEEP", "clean_stale", "latest", "link", "read", "rng_state", "set_rng_state",
+           "write"]

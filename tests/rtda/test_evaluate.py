@@ -137,7 +137,7 @@ def test_bad_input(cityscapes, checkpoint, tmp_path, capsys):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"definitely not a checkpoint")
     assert ev.main(["--checkpoint", str(junk), *base]) == 2
-    assert "cannot read checkpoint" in capsys.readouterr().err
+    assert "is not a PyTorch checkpoint" in capsys.readouterr().err
     assert ev.main(["--checkpoint", str(checkpoint), "--root", str(tmp_path / "nowhere"),
                     "--quiet"]) == 2
     assert "cityscapes root not found" in capsys.readouterr().err

@@ -201,7 +201,7 @@ def test_load_pretrained_reports_missing_and_unexpected_keys(tmp_path):
 
 
 def test_load_pretrained_bad_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(ValueError, match="pretrained checkpoint not found"):
         load_pretrained(ResNet("resnet18"), tmp_path / "missing.pth")
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")

@@ -225,7 +225,7 @@ def test_segmenter_bad_arguments(tmp_path, checkpoint, model):
     with pytest.raises(CheckpointError, match="not found"):
         Segmenter(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         Segmenter(tmp_path / "junk.pt")
 
 
