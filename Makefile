@@ -17,7 +17,7 @@ $(PY):
 
 # Installs torch first, then the build tools, then this package without build isolation
 # (an isolated build would fetch its own CUDA torch). Re-runs when the build inputs change.
-$(STAMP): $(PY) pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh csrc/include/rtda/*.h cmake/*.cmake)
+$(STAMP): $(PY) pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh csrc/include/rtda/*.h cmake/*.cmake cmake/*.in)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH)" numpy
 	$(PIP) install --quiet "scikit-build-core>=0.10" "cmake>=3.21" ninja triton \
@@ -32,7 +32,7 @@ setup: $(STAMP)
 # training, each scored on the target val split (about 25 minutes on 2 cores). Three seeds:
 # `$(PY) -m rtda.train.table1` (the default --seeds 0 1 2).
 demo: setup
-	$(PY) -m rtda.train.table1 --seeds 0 --out runs/demo
+	$(PY) -m rtda.train.table1 --seeds 0 --out runs/demo --resume
 
 test: setup test-python check-cuda check-aarch64
 

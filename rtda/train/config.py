@@ -1,7 +1,10 @@
 """Training configuration: one dataclass, the presets, config files and overrides.
 
-Resolution order, later wins: the dataclass defaults, the preset (``--preset``), a YAML or TOML
-config file (``--config``), then command-line flags. The resolved configuration is saved with
+Resolution order, later wins: the dataclass defaults, the preset, a YAML or TOML config file
+(``--config``), then command-line flags. The preset is the one named by the flag ``--preset``,
+else by the file's ``preset:`` key, else ``paper`` when a real dataset (GTA5, SYNTHIA, Cityscapes)
+is named anywhere, else ``toy``. Every key of the file is honoured, ``out`` included; without
+one the run goes to ``runs/<preset>-<mode>-seed<seed>``. The resolved configuration is saved with
 the run (``config.yaml``) and in every checkpoint.
 
 Presets:
@@ -12,14 +15,15 @@ Presets:
 * ``authors-code``: what the authors' public code uses instead: lambda_adv 0.001, D lr 2e-4, seg
   lr 5e-4, batch 2, 60k iterations of a 125k-iteration poly schedule.
 * ``toy``: the embedded default on the built-in toy pair, small enough for a 2-core CPU: ResNet-18
-  from scratch at 256x128. It is chosen when no dataset flag and no preset is given.
+  from scratch at 256x128.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+import textwrap
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +68,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     workers: int = 2
+    skip_bad: bool = False  # skip unreadable images (counted, logged) instead of stopping
     log_every: int = 10
     val_every: int = 1000
     val_images: int | None = None  # score only the first N val images (None: all)
@@ -71,7 +76,6 @@ class TrainConfig:
     sync_bn: bool = False
     out: str = "runs/rtda"
     preset: str = "paper"
-    extra: dict[str, Any] = field(default_factory=dict)  # reserved: unknown keys are errors
 
     def validate(self) -> TrainConfig:
         def choice(name: str, options: tuple[str, ...]) -> None:
@@ -91,8 +95,8 @@ class TrainConfig:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if len(self.resolution) != 2 or any(v <= 0 or v % 32 for v in self.resolution):
-            raise ValueError(f"resolution must be (height, width), multiples of 32, got "
-                             f"{self.resolution}")
+            raise ValueError(f"resolution must be WIDTHxHEIGHT, both multiples of 32, got "
+                             f"{_wxh(self.resolution)}")
         if self.schedule_iterations is not None and self.schedule_iterations < self.iterations:
             raise ValueError(f"schedule_iterations ({self.schedule_iterations}) must be >= "
                              f"iterations ({self.iterations})")
@@ -101,8 +105,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.mode != "target-only" and self.source == "toy" and self.target != "toy":
             raise ValueError("the toy source only pairs with the toy target")
-        if self.extra:
-            raise ValueError(f"unknown config keys: {', '.join(sorted(self.extra))}")
         return self
 
     @property
@@ -111,7 +113,6 @@ class TrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data.pop("extra")
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
 
@@ -124,7 +125,13 @@ PRESETS: dict[str, dict[str, Any]] = {
             "val_every": 100, "checkpoint_every": 100, "log_every": 10},
 }
 
-_FIELDS = {f.name: f for f in fields(TrainConfig) if f.name != "extra"}
+FIELDS = tuple(f.name for f in fields(TrainConfig))
+DATASET_KEYS = ("source", "target", "source_root", "target_root")
+
+
+def _wxh(size) -> str:
+    """(height, width) as the command line writes it."""
+    return "x".join(str(v) for v in reversed(tuple(size))) if len(size) == 2 else str(size)
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -162,21 +169,50 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-def resolve_config(preset: str = "paper", config_file: str | Path | None = None,
+def default_preset(values: dict[str, Any]) -> str:
+    """``paper`` when ``values`` name a real dataset (or a root without naming the toy pair)."""
+    names = [values.get(k) for k in ("source", "target") if values.get(k) is not None]
+    if any(name != "toy" for name in names):
+        return "paper"
+    if not names and any(values.get(k) is not None for k in ("source_root", "target_root")):
+        return "paper"  # roots of the paper's default datasets (GTA5 -> Cityscapes)
+    return "toy"
+
+
+def resolve_config(preset: str | None = None, config_file: str | Path | None = None,
                    overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """The preset, then the file, then ``overrides`` (None values are skipped), validated."""
+    """The preset, then the file, then ``overrides`` (None values are skipped), validated.
+
+    ``preset`` None: the file's ``preset:``, else :func:`default_preset` of the file and the
+    overrides together. ``out`` unset in both: ``runs/<preset>-<mode>-seed<seed>``.
+    """
+    from_file = read_config_file(config_file) if config_file is not None else {}
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for source, values in ((f"config file {config_file}", from_file), ("overrides", given)):
+        unknown = sorted(set(values) - set(FIELDS))
+        if unknown:
+            raise ValueError(f"unknown key{'s' * (len(unknown) > 1)} in {source}: "
+                             f"{', '.join(unknown)} (valid keys: {', '.join(FIELDS)})")
+    preset = preset or from_file.get("preset") or default_preset({**from_file, **given})
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    values: dict[str, Any] = {"preset": preset, **PRESETS[preset]}
-    if config_file is not None:
-        values.update(read_config_file(config_file))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    unknown = {k: v for k, v in values.items() if k not in _FIELDS}
-    known = {k: _coerce(k, v) for k, v in values.items() if k in _FIELDS}
-    return TrainConfig(**known, extra=unknown).validate()
+    values = {**PRESETS[preset], **from_file, **given, "preset": preset}
+    config = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    if "out" not in values:
+        config.out = str(Path("runs") / f"{preset}-{config.mode}-seed{config.seed}")
+    return config.validate()
+
+
+def summary(config: TrainConfig) -> str:
+    """The resolved configuration in a few lines of ``key=value`` (printed at the start)."""
+    items = [f"{k}={_wxh(v) if k == 'resolution' else v}" for k, v in config.as_dict().items()]
+    return textwrap.fill(" ".join(items), width=100, initial_indent="config: ",
+                         subsequent_indent="  ", break_on_hyphens=False)
 
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
+    """``config.yaml`` of a run; the resolution written ``WIDTHxHEIGHT``, as the flag takes it."""
     import yaml
 
-    Path(path).write_text(yaml.safe_dump(config.as_dict(), sort_keys=False))
+    data = {**config.as_dict(), "resolution": _wxh(config.resolution)}
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

@@ -30,6 +30,11 @@ class World:
         return self.size > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 (or no torchrun), known before the process group exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_world(device_kind: str) -> World:
     """The process group from torchrun's environment (WORLD_SIZE, RANK, LOCAL_RANK), if any."""
     size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -2,8 +2,10 @@
 
 :class:`Trainer` is built from a :class:`TrainConfig` (or from a run directory to resume) and
 ``train()`` runs to ``config.iterations``. Every ``log_every`` iterations a row goes to
-``metrics.jsonl`` and ``metrics.csv`` (and to TensorBoard when it is installed); every
-``val_every`` the target val split is scored; every ``checkpoint_every`` a checkpoint is written.
+``metrics.jsonl`` and ``metrics.csv`` (and to TensorBoard when it is installed) and a line to
+``train.log``, which also keeps every message of the run; every ``val_every`` the target val
+split is scored; every ``checkpoint_every`` a checkpoint is written. A checkpoint of a state that
+is already on disk (``best.pt`` at the last iteration) is a hard link, not a second copy.
 SIGINT and SIGTERM finish the current iteration, write ``last.pt`` and return. A loss that is NaN
 or infinite stops the run with :class:`TrainingDiverged`, naming the iteration and the loss; the
 checkpoints already written are the last good ones.
@@ -14,7 +16,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from rtda.data import Cityscapes, SegmentationTransform, build_dataset, collate
 from rtda.data.toy import ensure_toy
+from rtda.devices import resolve_device
 from rtda.evaluate import evaluate
 from rtda.models import build_discriminator, build_segmenter
 from rtda.models.discriminators import WIDTHS
@@ -48,12 +53,6 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite."""
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def poly(horizon: int, power: float):
     """The poly learning-rate factor of iteration ``i``: ``(1 - i / horizon) ** power``."""
     return lambda i: max(0.0, 1 - i / horizon) ** power
@@ -63,8 +62,9 @@ class _DataStream:
     """An endless iterator of batches whose position (samples consumed) is checkpointed."""
 
     def __init__(self, dataset, batch_size: int, world: World, seed: int, workers: int,
-                 consumed: int = 0) -> None:
+                 consumed: int = 0, on_skip=None) -> None:
         self.dataset, self.consumed, self.global_batch = dataset, consumed, batch_size
+        self.on_skip = on_skip
         local = batch_size // world.size
         sampler = ResumableSampler(len(dataset), seed=seed, start=consumed,
                                    num_replicas=world.size, rank=world.rank)
@@ -74,10 +74,15 @@ class _DataStream:
         self._iterator = iter(self.loader)
 
     def next(self, device: torch.device) -> dict[str, Any]:
-        batch = next(self._iterator)
-        self.consumed += self.global_batch
-        if batch["image"] is None:
-            raise RuntimeError(f"a whole batch was unreadable: {batch['skipped']}")
+        """The next batch; with ``skip_bad`` its unreadable samples are reported and left out (a
+        batch left empty is followed by the next one)."""
+        while True:
+            batch = next(self._iterator)
+            self.consumed += self.global_batch
+            for path, reason in batch["skipped"]:
+                self.on_skip(path, reason)
+            if batch["image"] is not None:
+                break
         out = {"image": batch["image"].to(device, non_blocking=True)}
         if "label" in batch:
             out["label"] = batch["label"].to(device, non_blocking=True)
@@ -88,7 +93,11 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, resume: dict[str, Any] | None = None,
                  progress: bool = True) -> None:
         self.config, self.progress = config, progress
-        self.device = _device(config.device)
+        self._notes: list[str] = []
+        self._log_file = None
+        self.skipped: list[tuple[str, str]] = []
+        self._on_disk: tuple[int, str] | None = None  # (iteration, file) of the newest save
+        self.device = resolve_device(config.device)
         self.world = init_world(self.device.type)
         if config.batch_size % self.world.size:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
@@ -132,19 +141,23 @@ class Trainer:
         transform = SegmentationTransform(size=c.resolution, flip=c.flip)
         consumed = (resume or {}).get("data", {})
         if c.mode == "target-only":  # the oracle: labelled target images in place of the source
-            source = Cityscapes(target_root, "train", transform=transform, list_file=c.target_list)
+            source = Cityscapes(target_root, "train", transform=transform, list_file=c.target_list,
+                                skip_bad=c.skip_bad)
         else:
             source_name = "gta5" if c.source == "toy" else c.source
             source = build_dataset(source_name, source_root, transform=transform,
-                                   list_file=c.source_list)
+                                   list_file=c.source_list, skip_bad=c.skip_bad)
         self.source = _DataStream(source, c.batch_size, self.world, c.seed, c.workers,
-                                  consumed.get("source", 0))
+                                  consumed.get("source", 0), self._skip)
         self.target = None
         if c.mode == "adapt":
             target = Cityscapes(target_root, "train", labels=False, transform=transform,
-                                list_file=c.target_list)
+                                list_file=c.target_list, skip_bad=c.skip_bad)
             self.target = _DataStream(target, c.batch_size, self.world, c.seed + 1, c.workers,
-                                      consumed.get("target", 0))
+                                      consumed.get("target", 0), self._skip)
+        for dataset in (source, *([target] if c.mode == "adapt" else [])):
+            for path, reason in dataset.skipped:  # found while listing the files
+                self._skip(path, reason)
         self.val = None
         if (Path(target_root) / "gtFine" / "val").is_dir():
             self.val = Cityscapes(target_root, "val", transform=SegmentationTransform(
@@ -208,19 +221,53 @@ class Trainer:
     def save(self, name: str) -> Path | None:
         if not self.world.is_main:
             return None
-        return checkpointing.write(self.state(), self.out, name)
+        if self._on_disk is not None and self._on_disk[0] == self.iteration and (
+                (self.out / self._on_disk[1]).is_file()):
+            path = checkpointing.link(self.out, self._on_disk[1], name)  # the same state
+        else:
+            path = checkpointing.write(self.state(), self.out, name)
+        self._on_disk = (self.iteration, name)
+        return path
 
     # -- logging ---------------------------------------------------------------------------------
+    def note(self, text: str, *, echo: bool = True) -> None:
+        """A message for the user: printed (rank 0, with ``echo``) and kept in ``train.log``."""
+        if not self.world.is_main:
+            return
+        if echo:
+            print(text, file=sys.stderr, flush=True)
+        if self._log_file is None:
+            self._notes.append(text)
+        else:
+            self._log_file.write(text + "\n")
+            self._log_file.flush()
+
+    def _skip(self, path, reason: str) -> None:
+        self.skipped.append((str(path), reason))
+        self.note(f"skipped {path}: {reason} ({len(self.skipped)} skipped so far)")
+
     def _open_logs(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        stale = checkpointing.clean_stale(self.out)
         save_config(self.config, self.out / "config.yaml")
         self._trim_logs()
         self._csv_new = not (self.out / "metrics.csv").exists()
+        self._log_file = (self.out / "train.log").open("a")
+        self._log_file.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid "
+                             f"{os.getpid()}: {self.config.mode} from iteration "
+                             f"{self.iteration} to {self.config.iterations}\n")
+        for text in self._notes:
+            self._log_file.write(text + "\n")
+        self._notes.clear()
+        if stale:
+            self.note(f"removed {len(stale)} stale temporary file(s) of an interrupted write: "
+                      + ", ".join(p.name for p in stale))
         self._writer = None
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            pass
+            self.note("TensorBoard is not installed: metrics go to metrics.jsonl and metrics.csv "
+                      "(pip install tensorboard for its logs)")
         else:
             self._writer = SummaryWriter(str(self.out / "tensorboard"))
 
@@ -255,6 +302,9 @@ class Trainer:
                 writer.writeheader()
                 self._csv_new = False
             writer.writerow(row)
+        self._log_file.write(" ".join(
+            f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()) + "\n")
+        self._log_file.flush()
         if self._writer is not None:
             for key, value in row.items():
                 if isinstance(value, float):
@@ -312,7 +362,8 @@ class Trainer:
                 bar.update()
                 if self.iteration % c.log_every == 0 or self.iteration == c.iterations:
                     self._log({"iteration": self.iteration, "kind": "train", **losses, **lrs,
-                               "seconds": round(time.perf_counter() - start, 3)})
+                               "seconds": round(time.perf_counter() - start, 3),
+                               **({"skipped": len(self.skipped)} if self.skipped else {})})
                 if self.iteration % c.val_every == 0 or self.iteration == c.iterations:
                     miou = self._validate_and_keep_best()
                 if self.iteration % c.checkpoint_every == 0:
@@ -322,15 +373,25 @@ class Trainer:
                     break
             self.save("last.pt")
             barrier(self.world)
+            self.note(f"{reason} at iteration {self.iteration} of {c.iterations}"
+                      + (f", val mIoU {100 * miou:.2f}" if miou is not None else "")
+                      + (f", {len(self.skipped)} unreadable images skipped" if self.skipped
+                         else ""), echo=False)
+        except Exception as err:
+            self.note(f"error: {err}", echo=False)
+            raise
         finally:
             bar.close()
             for s, handler in handlers.items():
                 signal.signal(s, handler)
             if getattr(self, "_writer", None) is not None:
                 self._writer.close()
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
         return {"iteration": self.iteration, "losses": losses, "val_miou": miou,
                 "best_miou": None if self.best_miou == -math.inf else self.best_miou,
-                "reason": reason}
+                "reason": reason, "skipped": list(self.skipped)}
 
     def _validate_and_keep_best(self) -> float | None:
         miou = self.validate() if self.world.is_main else None

@@ -2,10 +2,11 @@
 source-only training, adaptation (``--fused``) and target-only training (the oracle), per seed
 and as mean +- std.
 
-Each run is an ordinary ``rtda.train`` run in ``OUT/<row>-seed<N>`` with the ``toy`` preset; a run
-that already finished is read back, one that stopped is resumed, so the command can be
-interrupted and started again. The score is the final model's val mIoU (not the best one, which
-would select on the val split).
+Each run is an ordinary ``rtda.train`` run in ``OUT/<row>-seed<N>`` with the ``toy`` preset, under
+the same rules: an OUT that holds runs is refused unless ``--resume`` (a run that finished is read
+back, one that stopped is resumed, so the command can be interrupted and started again) or
+``--overwrite`` (the runs are trained anew). The score is the final model's val mIoU (not the best
+one, which would select on the val split).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from rtda.train import checkpointing
+from rtda.cli import add_version
+from rtda.train import checkpointing, rundir
 from rtda.train.config import resolve_config
 from rtda.train.run import Trainer
 
@@ -34,20 +36,22 @@ def _final_miou(run_dir: Path, iteration: int) -> float | None:
     return scores[-1] if scores else None
 
 
-def run_row(slug: str, overrides: dict, seed: int, out: Path, extra: dict,
-            progress: bool) -> float:
-    """The final val mIoU of one (row, seed) run, training or resuming it if needed."""
+def run_row(slug: str, overrides: dict, seed: int, out: Path, extra: dict, progress: bool,
+            *, resume: bool = False, overwrite: bool = False) -> float:
+    """The final val mIoU of one (row, seed) run: trained, or with ``resume`` read back or
+    resumed when the run exists."""
     run_dir = out / f"{slug}-seed{seed}"
     config = resolve_config("toy", overrides={**extra, **overrides, "seed": seed,
                                               "out": str(run_dir)})
-    state = None
-    if (run_dir / "last.pt").exists() or any(run_dir.glob("iter_*.pt")):
-        state = checkpointing.read(checkpointing.latest(run_dir))
-        if state["iteration"] >= config.iterations:
-            miou = _final_miou(run_dir, config.iterations)
-            if miou is not None:
-                return miou
-    result = Trainer(config, resume=state, progress=progress).train()
+    with rundir.claim(run_dir, resume=resume, overwrite=overwrite):
+        state = None
+        if resume and ((run_dir / "last.pt").exists() or any(run_dir.glob("iter_*.pt"))):
+            state = checkpointing.read(checkpointing.latest(run_dir))
+            if state["iteration"] >= config.iterations:
+                miou = _final_miou(run_dir, config.iterations)
+                if miou is not None:
+                    return miou
+        result = Trainer(config, resume=state, progress=progress).train()
     if result["reason"] != "finished" or result["val_miou"] is None:
         raise RuntimeError(f"{run_dir}: the run {result['reason']} at iteration "
                            f"{result['iteration']} without a final val score")
@@ -81,8 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-root", default=None)
     parser.add_argument("--resolution", default=None, metavar="WxH")
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the runs in --out: read finished ones back, resume others")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the runs in --out (their files are deleted)")
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
+    args = add_version(parser).parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
+    existing = [p.name for p in sorted(args.out.glob("*-seed*")) if rundir.holds_run(p)]
+    if existing and not (args.resume or args.overwrite):
+        print(f"error: {args.out} already holds table-1 runs ({', '.join(existing[:3])}"
+              f"{', ...' if len(existing) > 3 else ''}); continue them with --resume, replace "
+              f"them with --overwrite, or choose another --out", file=sys.stderr)
+        return 2
     extra = {k: v for k, v in {"iterations": args.iterations, "source_root": args.source_root,
                                "target_root": args.target_root, "resolution": args.resolution,
                                "workers": args.workers}.items() if v is not None}
@@ -90,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for seed in args.seeds:
             for slug, title, overrides in ROWS:
-                miou = run_row(slug, overrides, seed, args.out, extra, not args.quiet)
+                miou = run_row(slug, overrides, seed, args.out, extra, not args.quiet,
+                               resume=args.resume, overwrite=args.overwrite)
                 scores[title].append(miou)
                 print(f"seed {seed}, {title}: target val mIoU {100 * miou:.2f}", flush=True)
     except (ValueError, RuntimeError) as err:

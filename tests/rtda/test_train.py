@@ -72,7 +72,7 @@ def test_presets_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("bad, message", [
     ({"mode": "both"}, "mode must be one of"), ({"batch_size": 0}, "batch_size must be >= 1"),
-    ({"resolution": (100, 64)}, "multiples of 32"), ({"colour": 1}, "unknown config keys"),
+    ({"resolution": (100, 64)}, "multiples of 32"), ({"colour": 1}, "unknown key in overrides: colour"),
     ({"schedule_iterations": 10, "iterations": 20}, "schedule_iterations"),
 ])
 def test_config_errors(bad, message):
@@ -281,6 +281,7 @@ gathered = [None] * dist.get_world_size()
 dist.all_gather_object(gathered, sums)
 if dist.get_rank() == 0:
     json.dump(gathered, open(sys.argv[2], "w"))
+dist.destroy_process_group()  # else gloo's threads can abort the interpreter's exit
 """
 
 
@@ -296,7 +297,9 @@ def test_two_gloo_processes_match_one_process(toy, tmp_path):
     (tmp_path / "worker.py").write_text(_WORKER)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "worker.py",
+        # --standalone: a free port, so that concurrent test runs do not meet on 29500
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "worker.py",
          json.dumps({**overrides, "out": str(tmp_path / "two")}), str(tmp_path / "sums.json")],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -335,6 +338,6 @@ def test_table1_runs_each_row_and_reads_finished_runs_back(toy, tmp_path, capsys
     assert "| source only |" in out and "| target only (oracle) |" in out and "± " in out
     assert len(list((tmp_path / "t").glob("*-seed*"))) == 6
     stamp = (tmp_path / "t" / "adapt-fused-seed0" / "last.pt").stat().st_mtime_ns
-    assert table1.main(argv) == 0  # finished runs are read back, not trained again
+    assert table1.main([*argv, "--resume"]) == 0  # finished runs are read back, not trained
     assert (tmp_path / "t" / "adapt-fused-seed0" / "last.pt").stat().st_mtime_ns == stamp
     assert capsys.readouterr().out.split("Table I")[1] == out.split("Table I")[1]
