@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import rtda_kernels
+from rtda.cli import add_version
 from rtda.models import BACKBONES, DISCRIMINATORS, build_discriminator, build_segmenter
 
 DISCRIMINATOR_INPUT = (19, 512, 1024)
@@ -204,7 +205,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         default=[s[1:] for s in SEGMENTER_INPUTS], metavar="HxW[,HxW]",
                         help="BiSeNet input sizes (default: 512x1024,1024x2048)")
     parser.add_argument("--no-segmenter", action="store_true", help="discriminators only")
-    args = parser.parse_args(argv)
+    args = add_version(parser).parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.repeats < 0:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rtda.cli import add_version
 from rtda.data.images import DatasetError
 from rtda.data.labels import LABEL_ID_PALETTE
 from rtda.data.toy_scenes import STYLES, draw_scene
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="regenerate even if OUT already holds this pair")
     parser.add_argument("--preview", type=Path, default=None, metavar="PNG",
                         help="also write a grid of source and target images with their labels")
-    args = parser.parse_args(argv)
+    args = add_version(parser).parse_args(argv)
     from rtda.data.transforms import parse_size
 
     try:
