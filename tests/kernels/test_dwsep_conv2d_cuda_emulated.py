@@ -22,11 +22,11 @@ import torch
 
 from rtda_kernels.reference.dwsep_conv2d import dwsep_conv2d as reference
 
-from .helpers import assert_close_scaled
+from .helpers import EMULATION_CXXFLAGS, assert_close_scaled
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = REPO / "tests" / "cuda_emulation" / "driver.cpp"
-CXXFLAGS = ["-std=c++20", "-O1", "-pthread", "-shared", "-fPIC"]
+CXXFLAGS = EMULATION_CXXFLAGS
 INCLUDES = ["-I", str(REPO / "csrc" / "include"), "-I", str(REPO / "csrc" / "cuda")]
 
 # What the driver needs from the toolchain, and nothing from this repository: if this does not
