@@ -3,8 +3,11 @@
 Seeds the global RNGs before every test. Which shapes a suite runs is decided in the suite
 (``pytest_generate_tests`` in ``test_dwsep_conv2d.py``): the real ones by default and with
 ``--benchmark-only``, a tiny one when pytest-benchmark is disabled (``--benchmark-disable``).
-Before any test, glibc malloc is told to keep freed memory (``bench.memory.retain_freed_memory``)
-so that times do not depend on test order; ``--bench-default-malloc`` leaves malloc as it is.
+Before any test, the allocator setting of every timing tool here is applied
+(``rtda.complexity.timing_allocator``: glibc malloc keeps freed memory, so that times do not
+depend on test order); ``--bench-default-malloc`` leaves malloc as it is. Which one ran is
+recorded in the JSON (``--benchmark-json``) under ``rtda_allocator``, and ``bench.report`` prints it
+beside the tables.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import random
 import pytest
 import torch
 
-from bench.memory import retain_freed_memory
+from bench.report import ALLOCATOR_KEY
+from rtda.complexity import timing_allocator
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,8 +33,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
     )
-    if not config.getoption("bench_default_malloc"):
-        retain_freed_memory()
+    timing_allocator(config.getoption("bench_default_malloc"))
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks, output_json: dict) -> None:
+    """Record the allocator the figures were timed under beside them."""
+    output_json[ALLOCATOR_KEY] = timing_allocator(config.getoption("bench_default_malloc"))
 
 
 @pytest.fixture(autouse=True)

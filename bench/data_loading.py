@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rtda.complexity import cpu_description
+from rtda.complexity import cpu_description, timing_allocator
 from rtda.data import GTA5, SegmentationTransform, collate
 from rtda.data.labels import LABEL_ID_PALETTE
 from rtda.data.toy_scenes import SOURCE, draw_scene
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-repeats", type=int, default=3,
                         help="timed forward+backward steps (median)")
     args = parser.parse_args(argv)
+    allocator = timing_allocator()
     model = build_segmenter("resnet18").train()
     print("| case | image -> input | load, main process (ms/batch) | load, "
           f"{args.workers} workers (ms/batch) | R18 fwd+bwd (ms/batch) | load / step |")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"| {1e3 * serial:.1f} | {1e3 * parallel:.1f} | {1e3 * step:.0f} "
                   f"| {serial / step:.3f} |")
     print(f"\nbatch {args.batch_size}, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, {cpu_description()}")
+          f"threads, {cpu_description()}, {allocator}")
     return 0
 
 

@@ -276,14 +276,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     gpu_workloads.compile_backend = args.compile_backend
     if device == "cuda":
         torch.backends.cudnn.benchmark = True  # what a training or inference script sets
-    else:
-        from bench.memory import retain_freed_memory
+    from rtda.complexity import timing_allocator
 
-        retain_freed_memory()
+    allocator = timing_allocator()  # host memory: the same setting as every timing tool here
     budget = args.budget_s if args.budget_s is not None else (
         math.inf if args.quick else DEFAULT_BUDGET_S)
     command = args.command or " ".join(["python -m bench.gpu", *(argv or sys.argv[1:])])
     variants, notes = build_variants(groups, args.quick, providers, device)
+    notes.append(f"host allocator: {allocator}.")
     notes.append(f"shapes: {'quick (tiny, for tests)' if args.quick else 'full'}; providers "
                  f"{', '.join(providers)}; compile backend {args.compile_backend}; budget "
                  f"{budget:g} s.")

@@ -27,7 +27,7 @@ import rtda_kernels
 from bench.subjects import (
     ADVERSARIAL_LABEL, KERNEL, LIGHT_THIN_LAYERS, LOSS_SHAPES, LOSS_SMOKE_SHAPES, PADDING,
     SOURCE_LABEL, STRIDE, TARGET_LABEL, LossShape, _eager_bce, light_thin_stack, make_input,
-    shape_label,
+    plain_pytorch, shape_label,
 )
 from rtda.models import DISCRIMINATORS, build_discriminator
 from rtda_kernels.nn import DepthwiseSeparableConv2d
@@ -191,7 +191,8 @@ def _module_variants(group: str, title: str, make: Callable[[bool], nn.Module],
         def factory(pass_: str = pass_) -> dict[str, Any]:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                eager = make(False).to(device)
+                # LeakyReLU in place, as a user writes it (bench.subjects.plain_pytorch)
+                eager = plain_pytorch(make(False)).to(device)
             shared = {"eager": eager, "x": make_input(shape).to(device), "pass": pass_}
             if any(p in FUSED_BACKEND for p in providers):
                 shared["fused"] = make(True).to(device)

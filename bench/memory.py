@@ -8,29 +8,25 @@
 - ``saved_for_backward_bytes(fn)``: the bytes of the tensors autograd saves for backward while fn
   runs, via ``torch.autograd.graph.saved_tensors_hooks``; each storage is counted once (a layer's
   output saved by itself and by the next layer is one buffer). Zero under ``torch.no_grad``.
-- ``retain_freed_memory()``: makes glibc malloc keep freed memory for reuse. By default glibc
-  serves big blocks with fresh ``mmap``s that ``free`` returns to the OS, so every pass pays page
-  faults on its new tensors, in an amount that depends on what ran before (glibc's threshold
-  adapts): measured here, the same eager forward ran more than twice as slow before any backward
-  had run as after. The benchmarks call this first, so that times are compute, in any test order. It
-  favours whoever allocates most (usually eager): under glibc's defaults the fused op's speed-ups
-  come out larger (``--bench-default-malloc`` / ``bench.summary --default-malloc`` show them).
+- ``retain_freed_memory()``: makes glibc malloc keep freed memory for reuse. It lives in
+  ``rtda.complexity`` with ``timing_allocator()``, the one allocator setting every timing tool of
+  the repository applies (and prints beside its figures): under glibc's defaults every pass pays
+  page faults on its new tensors, in an amount that depends on what ran before, which favours
+  whoever allocates most (usually eager) and inflates the fused op's speed-ups
+  (``--bench-default-malloc`` / ``bench.summary --default-malloc`` show them).
 """
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from rtda.complexity import retain_freed_memory, timing_allocator  # noqa: F401 (re-exported)
+
 MB = 2**20
 _MEMORY_EVENT = "[memory]"
-# mallopt parameters, from glibc's <malloc.h>; 1 GiB: every tensor the benchmarks make fits.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_RETAIN_BYTES = 2**30
 
 
 def peak_allocated_bytes(fn: Callable[[], object]) -> int:
@@ -72,18 +68,3 @@ def saved_for_backward_bytes(fn: Callable[[], object]) -> int:
 def to_mb(nbytes: int) -> float:
     """Bytes -> MiB, rounded to 0.1 (what tables and ``extra_info`` show)."""
     return round(nbytes / MB, 1)
-
-
-def retain_freed_memory() -> bool:
-    """Make glibc malloc reuse freed blocks instead of mapping and unmapping them per tensor
-    (``mallopt`` of M_MMAP_THRESHOLD and M_TRIM_THRESHOLD). False where that is not possible."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _RETAIN_BYTES)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, _RETAIN_BYTES)
-    )

@@ -1,7 +1,8 @@
 """The models' benchmark subjects: the paper's three discriminators.
 
 Built like ``bench.subjects`` (a ``Subject`` with one callable per provider, timed through
-``make_case``): ``eager`` is the model with plain PyTorch layers, ``compile`` its
+``make_case``): ``eager`` is the model with plain PyTorch layers as a user writes them
+(``bench.subjects.plain_pytorch``: LeakyReLU in place, as ``fcd`` has it), ``compile`` its
 ``torch.compile``, ``fused`` the same weights with the ``rtda_kernels`` layers on the C++
 backend. ``fcd`` has no depthwise-separable layer, so it has no ``fused`` provider. BiSeNet
 inference is benchmarked in ``bench/test_inference.py``.
@@ -14,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from bench.subjects import Subject, _compiled, _on_cpu_backend
+from bench.subjects import Subject, _compiled, _on_cpu_backend, plain_pytorch
 from rtda.models import DISCRIMINATORS, build_discriminator
 
 # The paper's training shape at the discriminator (batch 4, softmax of 19 classes, 512x1024);
@@ -26,7 +27,7 @@ DISCRIMINATOR_SMOKE_SHAPE = (1, 19, 64, 64)
 def build_discriminator_subject(name: str, seed: int = 0) -> Subject:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        eager = build_discriminator(name, fused=False)
+        eager = plain_pytorch(build_discriminator(name, fused=False))
     models = {"eager": eager, "compile": _compiled(eager)}
     parameters = list(eager.parameters())
     if name != "fcd":

@@ -195,6 +195,15 @@ def roofline_table(groups: list[Group], machine) -> str:
 
 # The key under which a run's JSON records the machine it ran on (see record_machine).
 MACHINE_KEY = "rtda_machine"
+# The key under which bench/conftest.py records the allocator setting the run was timed under.
+ALLOCATOR_KEY = "rtda_allocator"
+
+
+def allocator_line(results: dict) -> str:
+    """Which allocator setting the benchmarks ran under (rtda.complexity.timing_allocator)."""
+    recorded = results.get(ALLOCATOR_KEY)
+    return f"Allocator: {recorded}" if recorded else (
+        "Allocator: not recorded in the JSON (a run from before bench/conftest.py recorded it)")
 
 
 def record_machine(results: dict) -> dict:
@@ -203,7 +212,7 @@ def record_machine(results: dict) -> dict:
     the machine the numbers came from."""
     from bench.roofline import measure_machine
 
-    machine = measure_machine()
+    machine = measure_machine()  # under the benchmarks' allocator setting (timing_allocator)
     return {**results, MACHINE_KEY: {"description": machine_description(),
                                      "bandwidth": machine.bandwidth, "flops": machine.flops}}
 
@@ -230,7 +239,7 @@ def render(results: dict, out: Path, command: str, machine=None) -> Path:
              "pytest-benchmark medians; `x` columns are the baseline's median (eager PyTorch, or "
              "`plain` for the training step) divided by the provider's, measured side by side in "
              "one run: higher is faster.", ""]
-    lines += [f"- {line}" for line in description] + [""]
+    lines += [f"- {line}" for line in [*description, allocator_line(results)]] + [""]
     for index, (title, groups) in enumerate(sections.items()):
         chart = section_chart(title, groups, images / f"section{index + 1}.png")
         lines += [f"## {title}", "", section_table(groups), "",

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.subjects import KERNEL, LIGHT_THIN_LAYERS, PADDING, STRIDE
+from rtda.complexity import timing_allocator
 
 FLOAT_BYTES = 4
 
@@ -45,7 +46,9 @@ def _median_seconds(run, repeats: int) -> float:
 
 def measure_machine(copy_mib: int = 256, matmul_n: int = 2048, repeats: int = 5) -> Machine:
     """Copy bandwidth of a ``copy_mib`` MiB float32 tensor (read + write) and the throughput of
-    an ``n x n`` float32 matmul, medians of ``repeats`` runs with torch's threads."""
+    an ``n x n`` float32 matmul, medians of ``repeats`` runs with torch's threads, under the
+    allocator setting of every timing tool here (``timing_allocator``)."""
+    timing_allocator()
     source = torch.rand(copy_mib * 2**20 // FLOAT_BYTES)
     target = torch.empty_like(source)
     seconds = _median_seconds(lambda: target.copy_(source), repeats)

@@ -3,8 +3,10 @@
 A *subject* is a workload (the fused op alone, the FCD-Light&Thin discriminator stack, or one of
 the pixel-wise adversarial losses) built once per process, with one callable per *provider*:
 
-- ``eager``: plain PyTorch (``rtda_kernels.reference`` / ``DepthwiseSeparableConv2d(fused=False)``
-  / ``F.interpolate`` then ``F.binary_cross_entropy_with_logits`` against a full-size label);
+- ``eager``: plain PyTorch as a user writes it (``rtda_kernels.reference`` for the op; for the
+  stack and the discriminators each layer's two ``nn.Conv2d`` then LeakyReLU *in place*, as
+  rtda.models' ``fcd`` does: ``plain_pytorch``; ``F.interpolate`` then
+  ``F.binary_cross_entropy_with_logits`` against a full-size label);
 - ``compile``: ``torch.compile`` of that same eager callable (it shares the eager parameters);
 - ``fused``: ``rtda_kernels`` on the ``cpu`` (C++) backend, with the eager weights loaded into it
   (the losses call it on the default backend, checked to be ``cpu`` when they are built).
@@ -161,6 +163,36 @@ def build_op(seed: int = 0) -> Subject:
     return Subject("dwsep_conv2d op", models, list(weights))
 
 
+class PlainSeparableConv2d(nn.Module):
+    """A ``DepthwiseSeparableConv2d(fused=False)`` as a user writes it in plain PyTorch: the two
+    convolutions, then LeakyReLU in place (``nn.LeakyReLU(inplace=True)``, as rtda.models' ``fcd``
+    does), so that the eager baseline does not keep an activation copy the fused op never makes.
+    Holds the same conv modules (parameters shared, state_dict keys unchanged)."""
+
+    def __init__(self, layer: DepthwiseSeparableConv2d) -> None:
+        super().__init__()
+        self.depthwise, self.pointwise = layer.depthwise, layer.pointwise
+        self.negative_slope = layer.negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pointwise(self.depthwise(x))
+        if self.negative_slope is None:
+            return y
+        return F.leaky_relu(y, self.negative_slope, inplace=True)
+
+
+def plain_pytorch(model: nn.Module) -> nn.Module:
+    """``model`` with each unfused ``DepthwiseSeparableConv2d`` swapped for a
+    ``PlainSeparableConv2d`` (in place; the same parameters and state_dict keys)."""
+    if isinstance(model, DepthwiseSeparableConv2d) and not model.fused:
+        return PlainSeparableConv2d(model)
+    for name, child in model.named_children():
+        plain = plain_pytorch(child)
+        if plain is not child:
+            setattr(model, name, plain)
+    return model
+
+
 def light_thin_stack(fused: bool) -> nn.Sequential:
     """The FCD-Light&Thin discriminator: three depthwise-separable k4 s2 p1 layers."""
     return nn.Sequential(*(
@@ -171,10 +203,11 @@ def light_thin_stack(fused: bool) -> nn.Sequential:
 
 
 def build_light_thin(seed: int = 0) -> Subject:
-    """The stack as modules: ``fused=False`` (eager, compiled) and ``fused=True``, same weights."""
+    """The stack as modules: plain PyTorch (eager, compiled; ``plain_pytorch``) and
+    ``fused=True``, same weights."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        eager = light_thin_stack(fused=False)
+        eager = plain_pytorch(light_thin_stack(fused=False))
     fused = light_thin_stack(fused=True)
     fused.load_state_dict(eager.state_dict())
     models = {"eager": eager, "compile": _compiled(eager), "fused": _on_cpu_backend(fused)}

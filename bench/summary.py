@@ -33,12 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
-from bench.memory import (
-    peak_allocated_bytes,
-    retain_freed_memory,
-    saved_for_backward_bytes,
-    to_mb,
-)
+from bench.memory import peak_allocated_bytes, saved_for_backward_bytes, to_mb
 from bench.subjects import (
     LOSS_SHAPES,
     LOSS_SUBJECTS,
@@ -54,6 +49,7 @@ from bench.subjects import (
     shape_label,
     warm_up,
 )
+from rtda.complexity import timing_allocator
 
 # Default --repeats: a loss pass takes micro- to milliseconds, so many repeats are cheap.
 REPEATS, LOSS_REPEATS = 7, 31
@@ -92,7 +88,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--default-malloc", action="store_true",
         help="leave glibc malloc's defaults: big tensors then come from fresh mmaps and every pass "
-        "pays page faults (by default freed memory is kept for reuse; see bench/memory.py)",
+        "pays page faults (by default freed memory is kept for reuse, as in every timing tool "
+        "here: rtda.complexity.timing_allocator)",
     )
     parser.add_argument(
         "--subject", choices=[*sorted(SUBJECTS), *sorted(LOSS_SUBJECTS)], default="light_thin",
@@ -177,8 +174,7 @@ def _setup(args: argparse.Namespace) -> tuple[str, list[str]]:
     """Threads and malloc as asked: (the malloc note, the providers to run)."""
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    retained = not args.default_malloc and retain_freed_memory()
-    malloc = "malloc keeps freed memory" if retained else "malloc defaults"
+    malloc = timing_allocator(args.default_malloc)
     providers = [p for p in PROVIDERS if not (args.no_compile and p == "compile")]
     return malloc, providers
 

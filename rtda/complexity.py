@@ -9,12 +9,17 @@ summing ``numel``, FLOPs by ``torch.utils.flop_counter`` (FLOPs = 2 x multiply-a
 convolutions and matmuls, per image, counted on the meta device so no memory or time is spent),
 times as the median of ``--repeats`` runs after one warm-up, eager and fused interleaved so that
 noise hits both alike.
+
+Every timing tool of the repository (this report, ``bench.summary``, ``pytest bench`` and
+``bench.report``, ``bench.gpu`` on the CPU, ``bench.data_loading``, ``bench.roofline``) times
+under the one allocator setting of ``timing_allocator`` below, and prints it beside its figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import json
 import platform
 import statistics
@@ -32,6 +37,53 @@ from rtda.models import BACKBONES, DISCRIMINATORS, build_discriminator, build_se
 
 DISCRIMINATOR_INPUT = (19, 512, 1024)
 SEGMENTER_INPUTS = ((3, 512, 1024), (3, 1024, 2048))
+
+
+# mallopt parameters, from glibc's <malloc.h>; 1 GiB: every tensor the benchmarks make fits.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_RETAIN_BYTES = 2**30
+RETAINED_MALLOC = ("glibc malloc keeps freed memory (mallopt M_MMAP_THRESHOLD = M_TRIM_THRESHOLD "
+                   "= 1 GiB)")
+DEFAULT_MALLOC = "glibc malloc defaults (--default-malloc)"
+_allocator: str | None = None
+
+
+def retain_freed_memory() -> bool:
+    """Make glibc malloc reuse freed blocks instead of mapping and unmapping them per tensor
+    (``mallopt`` of M_MMAP_THRESHOLD and M_TRIM_THRESHOLD). False where that is not possible.
+
+    Why: by default glibc serves big blocks with fresh ``mmap``s that ``free`` returns to the OS,
+    so every pass pays page faults on its new tensors, in an amount that depends on what ran
+    before (glibc's threshold adapts): the same eager forward ran more than twice as slow before
+    any backward had run as after. It favours whoever allocates most (usually eager): measured
+    for fcd_light_thin at batch 1, the fused speed-ups were 3.43x / 3.02x (fwd / fwd+bwd) under
+    the defaults and 2.19x / 2.36x with freed memory kept."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _RETAIN_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _RETAIN_BYTES)
+    )
+
+
+def timing_allocator(default_malloc: bool = False) -> str:
+    """Apply the allocator setting of every timing tool here (freed memory kept, unless
+    ``default_malloc``) and return the line that says which one the figures were measured under.
+    Called once per process, before anything is timed; later calls return the first answer
+    (glibc cannot be put back)."""
+    global _allocator
+    if _allocator is None:
+        if default_malloc:
+            _allocator = DEFAULT_MALLOC
+        elif retain_freed_memory():
+            _allocator = RETAINED_MALLOC
+        else:
+            _allocator = f"the C library's malloc defaults (mallopt unavailable on {sys.platform})"
+    return _allocator
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -155,12 +207,14 @@ def segmenter_rows(backbones: Sequence[str], input_shapes: Sequence[Sequence[int
 
 
 def _size(text: str) -> tuple[int, int]:
+    """``WxH`` (width x height, like the rest of the CLI) -> ``(height, width)``."""
     try:
-        height, width = (int(v) for v in text.lower().split("x"))
+        width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 512x1024, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected WxH, e.g. 1024x512, got {text!r}") from None
     if height < 32 or width < 32 or height % 32 or width % 32:
-        raise argparse.ArgumentTypeError(f"H and W must be multiples of 32, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"W and H must be multiples of 32, got {text!r} (W = {width}, H = {height})")
     return height, width
 
 
@@ -198,13 +252,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         metavar="NAMES",
                         help=f"comma-separated subset of {','.join(BACKBONES)} (default: all)")
     parser.add_argument("--discriminator-size", type=_size, default=DISCRIMINATOR_INPUT[1:],
-                        metavar="HxW", help="discriminator input size (default: 512x1024)")
+                        metavar="WxH", help="discriminator input size, width x height "
+                        "(default: 1024x512)")
     parser.add_argument("--in-channels", type=int, default=DISCRIMINATOR_INPUT[0],
                         help="discriminator input channels, i.e. classes (default: 19)")
     parser.add_argument("--segmenter-sizes", type=lambda t: [_size(v) for v in t.split(",")],
-                        default=[s[1:] for s in SEGMENTER_INPUTS], metavar="HxW[,HxW]",
-                        help="BiSeNet input sizes (default: 512x1024,1024x2048)")
+                        default=[s[1:] for s in SEGMENTER_INPUTS], metavar="WxH[,WxH]",
+                        help="BiSeNet input sizes, width x height (default: 1024x512,2048x1024)")
     parser.add_argument("--no-segmenter", action="store_true", help="discriminators only")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="time under glibc malloc's defaults instead of the setting every "
+                        "timing tool here uses (freed memory kept: see timing_allocator)")
     args = add_version(parser).parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -222,6 +280,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def build_report(args: argparse.Namespace) -> dict:
+    allocator = timing_allocator(args.default_malloc) if args.repeats > 0 else None
     discriminator_input = (args.in_channels, *args.discriminator_size)
     report = {
         "discriminators": discriminator_rows(args.discriminators, discriminator_input,
@@ -234,6 +293,7 @@ def build_report(args: argparse.Namespace) -> dict:
             "threads": torch.get_num_threads(), "cpu": cpu_description(),
             "batch_size": args.batch_size, "repeats": args.repeats,
             "fused_backend": rtda_kernels.select_backend(args.device),
+            "allocator": allocator,
         },
     }
     return report
@@ -278,7 +338,8 @@ def format_report(report: dict, markdown: bool) -> str:
     if timed:
         parts += ["", f"Times: median of {env['repeats']} runs after a warm-up, batch "
                   f"{env['batch_size']}, {env['device']} ({env['cpu']}, {env['threads']} threads), "
-                  f"torch {env['torch']}; fused layers on the {env['fused_backend']!r} backend; "
+                  f"torch {env['torch']}, {env['allocator']}; fused layers on the "
+                  f"{env['fused_backend']!r} backend; "
                   "'x' is eager time / fused time. fcd has no depthwise-separable layer: its "
                   "fused and eager models are the same."]
     return "\n".join(parts)

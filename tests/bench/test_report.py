@@ -11,6 +11,7 @@ import pytest
 
 from bench import report
 from bench.roofline import Machine, layer_work, subject_work
+from rtda.complexity import RETAINED_MALLOC
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,6 +71,7 @@ def test_render_uses_the_machine_recorded_with_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(bench.roofline, "measure_machine", not_measured_again)
     page = report.render(results, tmp_path / "b.md", "x").read_text()
     assert "- CPU: the benchmark box" in page and "no machine record" not in page
+    assert "- Allocator: not recorded in the JSON" in page
     assert "copy bandwidth 20.0 GB/s, float32 matmul 70.0 GFLOP/s" in page
     page = report.render(_results(), tmp_path / "c.md", "x", machine=Machine(1e9, 1e9)).read_text()
     assert "no machine record in the JSON" in page
@@ -104,11 +106,14 @@ def test_report_from_a_real_tiny_benchmark_run(tmp_path):
          "--benchmark-only", "--benchmark-min-rounds=2", f"--benchmark-json={data}",
          "-k", "2x19x256x512 and op and fwd and not bwd and not compile"], cwd=ROOT)
     assert code == 0
-    assert len(json.loads(data.read_text())["benchmarks"]) == 2
+    results = json.loads(data.read_text())
+    assert len(results["benchmarks"]) == 2
+    assert results[report.ALLOCATOR_KEY] == RETAINED_MALLOC  # bench/conftest.py recorded it
     out = tmp_path / "page.md"
     assert report.main(["--json", str(data), "--out", str(out)]) == 0
     page = out.read_text()
     assert "dwsep_conv2d op fwd (2,19,256,512)" in page and "fused / bound" in page
+    assert f"- Allocator: {RETAINED_MALLOC}" in page
 
 
 def test_milliseconds_keep_three_digits_below_ten():

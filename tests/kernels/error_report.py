@@ -20,7 +20,10 @@ def _backend(test: str) -> str:
     if "cuda_emulated" in test:
         return "cuda-emu"
     match = re.search(r"\[(?:[^\]]*-)?(cpu|triton|cuda)(?:-[^\]]*)?\]", test)
-    return match.group(1) if match else ("cpu" if "_cpu" in test or "winograd" in test else "?")
+    if match:
+        return match.group(1)
+    name = test.split("::")[-1]
+    return next((b for b in ("triton", "cuda") if f"_{b}" in name), "cpu")
 
 
 def main(paths: list[str]) -> int:

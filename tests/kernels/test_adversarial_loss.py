@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import example, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 import rtda_kernels
 from rtda_kernels import reference
 from tests.kernels import loss_reference
-from tests.kernels.helpers import assert_close, backend_params, device_of
+from tests.kernels.helpers import assert_close, backend_params, device_of, examples
 
 BACKENDS = backend_params("cpu", "triton", "cuda")
 DTYPES = {
@@ -80,9 +80,22 @@ def reference_loss_and_grad(logits, target, size, reduction):
     )
 
 
-def check_against_reference(backend, shape, size, dtype, reduction, target_kind, scale=3.0):
+def _with_layout(logits: torch.Tensor, layout: str) -> torch.Tensor:
+    """The same values as channels_last, or as a view into a wider (sliced) tensor."""
+    if layout == "channels_last":
+        return logits.contiguous(memory_format=torch.channels_last)
+    if layout == "sliced":
+        wider = torch.zeros((*logits.shape[:3], logits.shape[3] + 2), dtype=logits.dtype,
+                            device=logits.device)
+        wider[..., 1:-1] = logits
+        return wider[..., 1:-1]
+    return logits
+
+
+def check_against_reference(backend, shape, size, dtype, reduction, target_kind, scale=3.0,
+                            layout="contiguous"):
     device = device_of(backend)
-    logits = make_logits(shape, dtype, device, scale=scale)
+    logits = _with_layout(make_logits(shape, dtype, device, scale=scale), layout)
     target = make_target(target_kind, shape, size, dtype, device)
     with rtda_kernels.use_backend(backend):
         loss, grad = loss_and_grad(
@@ -97,6 +110,30 @@ def check_against_reference(backend, shape, size, dtype, reduction, target_kind,
     coef = 1.0 / (shape[0] * shape[1] * size[0] * size[1]) if reduction == "mean" else 1.0
     assert_close_relative(grad, expected_grad, dtype, f"grad {shape}->{size} {reduction}",
                           floor=coef)
+
+
+@pytest.mark.parametrize("shape,size", [SHAPES[1], SHAPES[5], ((1, 1, 4, 700), (3, 300))],
+                         ids=lambda v: "x".join(map(str, v)))
+def test_the_tests_float64_reference_is_rtda_kernels_reference(shape, size):
+    """``loss_reference`` is ``rtda_kernels.reference`` computed in float64: the same in float64
+    input, and for float32 input the same taps (only the arithmetic is wider), so it is within
+    float32 rounding of the float32 reference while the float64 taps are not (at 700 wide)."""
+    logits = make_logits(shape, torch.float64, "cpu")
+    target = make_target("tensor", shape, size, torch.float64, "cpu")
+    for reduction in ("none", "mean"):
+        ours = loss_reference.adversarial_loss(logits, target, size, reduction, torch.float64)
+        theirs = reference.adversarial_loss(logits, target, output_size=size, reduction=reduction)
+        torch.testing.assert_close(ours, theirs, rtol=1e-14, atol=0)
+    single, target32 = logits.float(), target.float()
+    ours = loss_reference.adversarial_loss(single.double(), target32.double(), size, "none",
+                                           torch.float32)
+    theirs = reference.adversarial_loss(single, target32, output_size=size, reduction="none")
+    assert_close(theirs, ours, "adversarial_loss", torch.float32, "float32 reference")
+    if shape[3] == 700:  # why: float64 taps are an ulp of a coordinate near 700 away
+        wide = reference.adversarial_loss(single.double(), target32.double(), output_size=size,
+                                          reduction="none")
+        with pytest.raises(AssertionError, match="max error"):
+            assert_close(theirs, wide, "adversarial_loss", torch.float32, "float64 taps")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -345,20 +382,40 @@ def test_torch_compile(backend, reduction):
         torch.testing.assert_close(grad, eager_grad, rtol=1e-6, atol=1e-12)
 
 
-@settings(max_examples=40, deadline=None)
+# Random shapes past the CPU kernel's work units (csrc/cpu/adversarial_loss_bands.h): parallel
+# chunks of at least 16384 output pixels (loss maps up to 160 x 160 = 25600), flat runs of 4096
+# values without resize (the map's own size is drawn a third of the time, logits up to
+# 3 x 2 x 70 x 70), 8-lane vectors with remainders; up- and down-sampling; a constant label or a
+# target tensor; channels_last and sliced logits. Sizes are drawn small or large so that most
+# examples stay cheap.
+def _sizes(small: int, large: int):
+    return st.one_of(st.integers(1, small), st.integers(small + 1, large))
+
+
+@settings(max_examples=examples(40), deadline=None)
 @given(
     n=st.integers(1, 3),
     c=st.integers(1, 2),
-    h=st.integers(1, 12),
-    w=st.integers(1, 12),
-    out_h=st.integers(1, 40),
-    out_w=st.integers(1, 40),
+    h=_sizes(12, 70),
+    w=_sizes(12, 70),
+    out_h=_sizes(40, 160),
+    out_w=_sizes(40, 160),
+    same_size=st.integers(0, 2).map(lambda v: v == 0),
     reduction=st.sampled_from(["mean", "sum", "none"]),
-    label=st.floats(0.0, 1.0),
+    label=st.one_of(st.floats(0.0, 1.0), st.just("tensor")),
+    layout=st.sampled_from(["contiguous", "channels_last", "sliced"]),
 )
 # Once found by hypothesis: a label close to 1 with the reference's label not rounded to float32.
-@example(n=1, c=1, h=1, w=1, out_h=1, out_w=1, reduction="mean", label=0.9931629486914484)
+@example(n=1, c=1, h=1, w=1, out_h=1, out_w=1, same_size=False, reduction="mean",
+         label=0.9931629486914484, layout="contiguous")
 # And sigmoid(u) within 1e-3 of the label: the gradient cancels (error relative to 1/M, not to it).
-@example(n=1, c=1, h=1, w=7, out_h=1, out_w=1, reduction="mean", label=0.84375)
-def test_random_shapes_cpu(n, c, h, w, out_h, out_w, reduction, label):
-    check_against_reference("cpu", (n, c, h, w), (out_h, out_w), torch.float32, reduction, label)
+@example(n=1, c=1, h=1, w=7, out_h=1, out_w=1, same_size=False, reduction="mean", label=0.84375,
+         layout="contiguous")
+def test_random_shapes_cpu(n, c, h, w, out_h, out_w, same_size, reduction, label, layout):
+    size = (h, w) if same_size else (out_h, out_w)
+    event("several parallel chunks" if n * c * size[0] * size[1] > 16384 else "one chunk")
+    event("no resize, several flat runs" if size == (h, w) and n * c * h * w > 4096
+          else "resized or one flat run")
+    event(f"layout {layout}")
+    check_against_reference("cpu", (n, c, h, w), size, torch.float32, reduction, label,
+                            layout=layout)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, event, find, given, settings
 from hypothesis import strategies as st
 
 import rtda_kernels
-from rtda_kernels import reference
 
-from .helpers import assert_close_scaled, backend_params, device_of
+from . import dwsep_reference
+from .helpers import assert_close, backend_params, device_of, examples
 
 # (N, C_in, C_out, H, W, k, stride, padding, negative_slope)
 CASES = [
@@ -63,29 +63,23 @@ def run(fn, tensors, kwargs, grad_out=None):
 
 
 def check_against_reference(backend, case, dtype, bias=True, layout="contiguous"):
+    """Output and all five gradients of one backend against the float64 reference, each within
+    the table's bound of its scale (``dwsep_reference``: max |reference| or the products' size)."""
     device = device_of(backend)
     tensors, kwargs = make_inputs(case, dtype, device, bias, layout)
     with rtda_kernels.use_backend(backend):
         y, grads, grad_out = run(rtda_kernels.dwsep_conv2d, tensors, kwargs)
     assert y.dtype == dtype and y.device.type == device
-    # The op defines dL/dz from the sign of its own output y. Near z = 0 a low-precision y can
-    # round to the other sign than the float64 z, so the reference takes its mask from y too.
-    ref_inputs = [None if t is None else t.detach().double().requires_grad_(True) for t in tensors]
-    slope = kwargs["negative_slope"]
-    linear = dict(kwargs, negative_slope=None)
-    grad_z = grad_out.double()
-    if slope is not None:
-        grad_z = torch.where(y.detach().double() > 0, grad_z, grad_z * slope)
-    z_ref, grads_ref, _ = run(reference.dwsep_conv2d, ref_inputs, linear, grad_z)
-    y_ref = z_ref if slope is None else torch.nn.functional.leaky_relu(z_ref, slope)
-    assert_close_scaled(y, y_ref, dtype, "y")
-    names = ["x", "dw_weight", "dw_bias", "pw_weight", "pw_bias"]
-    for name, g, g_ref, t in zip(names, grads, grads_ref, tensors):
+    ref = dwsep_reference.expected(tensors, kwargs["stride"], kwargs["padding"],
+                                   kwargs["negative_slope"], grad_out, y_actual=y)
+    assert_close(y, ref.y, "dwsep_conv2d", dtype, "y", floor=ref.y_terms)
+    for name, g, g_ref, terms, t in zip(dwsep_reference.NAMES, grads, ref.grads, ref.grad_terms,
+                                        tensors):
         if t is None:
             assert g is None
             continue
         assert g.shape == t.shape and g.dtype == t.dtype, name
-        assert_close_scaled(g, g_ref, dtype, f"grad {name}")
+        assert_close(g, g_ref, "dwsep_conv2d grad", dtype, f"grad {name}", floor=terms)
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -137,17 +131,85 @@ def test_many_tiles_and_bands_cpu(case):
     check_against_reference("cpu", case, torch.float32)
 
 
-@settings(max_examples=25, deadline=None)
-@given(
-    n=st.integers(1, 3), c_in=st.integers(1, 9), c_out=st.integers(1, 9),
-    h=st.integers(1, 24), w=st.integers(1, 24), k=st.integers(1, 7), s=st.integers(1, 4),
-    p_frac=st.floats(0, 0.999), slope=st.sampled_from([None, 0.0, 0.2, 1.5]),
-)
-def test_property_random_shapes_cpu(n, c_in, c_out, h, w, k, s, p_frac, slope):
-    p = int(p_frac * k)
-    if h + 2 * p < k or w + 2 * p < k:
-        return
-    check_against_reference("cpu", (n, c_in, c_out, h, w, k, s, p, slope), torch.float32)
+# Random shapes, reaching the kernels' multi-tile paths: a CPU forward tile / backward band holds
+# max(512, 64 Ki / C_in) output pixels (csrc/cpu/dwsep_conv2d_tiles.h, rows_per_tile), so C_in
+# of 20..40 with sides up to 70 gives 2-4 tiles; the GEMMs block C_out by 4 rows and pixels by
+# 16 columns (small_gemm.h); Triton blocks C_in by 32 and pixels by 256 on the CPU
+# (rtda_kernels/triton/dwsep_conv2d.py). Strides up to 4, channels_last and sliced inputs,
+# optional biases. Sizes are drawn small or large (a mix of ranges), so that most examples stay
+# cheap while some cross the tile sizes.
+def _sizes(small: int, large: int):
+    return st.one_of(st.integers(1, small), st.integers(small + 1, large))
+
+
+@st.composite
+def dwsep_cases(draw, channels: int = 40, side: int = 70, min_c_in: int = 1):
+    k = draw(st.integers(1, 7))
+    c_in = draw(st.one_of(st.integers(min_c_in, 9), st.integers(10, channels)))
+    case = (draw(st.integers(1, 3)), c_in, draw(_sizes(9, channels)), draw(_sizes(24, side)),
+            draw(_sizes(24, side)), k, draw(st.integers(1, 4)),
+            int(draw(st.floats(0, 0.999)) * k), draw(st.sampled_from([None, 0.0, 0.2, 1.5])))
+    n, c_in, c_out, h, w, k, s, p, slope = case
+    assume(h + 2 * p >= k and w + 2 * p >= k)  # an output of at least one pixel
+    return case
+
+
+def cpu_tiles(case) -> int:
+    """Tiles (forward) / bands (backward) of one image on the CPU: rows_per_tile of
+    csrc/cpu/dwsep_conv2d_tiles.h with its minimum of 1 row."""
+    n, c_in, c_out, h, w, k, s, p, slope = case
+    out_h, out_w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    rows = min(out_h, -(-max(512, (256 << 10) // (4 * c_in)) // out_w))
+    return -(-out_h // rows)
+
+
+def _events(case, layout: str) -> None:
+    """What a draw reached (--hypothesis-show-statistics shows the shares)."""
+    event("several CPU tiles" if cpu_tiles(case) > 1 else "one CPU tile")
+    event("C_in > 32 (two Triton blocks)" if case[1] > 32 else "C_in <= 32")
+    event(f"stride {'1' if case[6] == 1 else '2+'}")
+    event(f"layout {layout}")
+
+
+def test_the_strategy_reaches_several_tiles():
+    """The draws can cross the CPU tile and the Triton channel block at once (a fifth of the
+    property test's draws have several tiles: --hypothesis-show-statistics). Several tiles at
+    stride 2+ need larger images than hypothesis can afford: test_many_tiles_and_bands_cpu."""
+    found = find(dwsep_cases(), lambda c: cpu_tiles(c) > 1 and c[1] > 32,
+                 settings=settings(max_examples=2000, database=None))
+    assert cpu_tiles(found) > 1 and found[1] > 32
+
+
+@settings(max_examples=examples(40), deadline=None)
+@given(case=dwsep_cases(), layout=st.sampled_from(["contiguous", "channels_last", "sliced"]),
+       bias=st.booleans())
+def test_property_random_shapes_cpu(case, layout, bias):
+    _events(case, layout)
+    check_against_reference("cpu", case, torch.float32, bias=bias, layout=layout)
+
+
+# The interpreter pays per program and op: few examples, but past one Triton block of C_in (32)
+# and of pixels (256) where the draw allows. C_in >= 2: C_in = 1 is a known bug (below).
+@settings(max_examples=examples(6), deadline=None)
+@given(case=dwsep_cases(channels=40, side=40, min_c_in=2),
+       layout=st.sampled_from(["contiguous", "sliced"]))
+def test_property_random_shapes_triton(case, layout):
+    _events(case, layout)
+    if not rtda_kernels.available_backends()["triton"].available:
+        pytest.skip(rtda_kernels.available_backends()["triton"].detail)
+    check_against_reference("triton", case, torch.float32, layout=layout)
+
+
+# Found by the hypothesis test above: with C_in = 1 the Triton backward returns grad_dw_weight and
+# grad_dw_bias as two views of one buffer (sums[:, :k*k] and sums[:, k*k] of a 1-row tensor are
+# already contiguous, so .contiguous() copies neither), which torch.library refuses ("may not
+# alias any inputs ... or other returns"). Reported, not fixed here (rtda_kernels/triton/ is
+# another change's); strict, so that the fix turns this test red until the mark is removed.
+@pytest.mark.xfail(strict=True, raises=RuntimeError,
+                   reason="Triton backward aliases grad_dw_weight and grad_dw_bias when C_in = 1")
+@pytest.mark.parametrize("backend", backend_params("triton"))
+def test_single_input_channel_triton(backend):
+    check_against_reference(backend, (1, 1, 2, 5, 6, 3, 1, 1, 0.2), torch.float32)
 
 
 def test_gradcheck_float64_cpu():
@@ -225,5 +287,6 @@ def test_large_output_cpu():
     with torch.no_grad(), rtda_kernels.use_backend("cpu"):
         y = rtda_kernels.dwsep_conv2d(*tensors, **kwargs)
     assert y.nbytes >= 8 << 20
-    expected = reference.dwsep_conv2d(*[t.detach().double() for t in tensors], **kwargs)
-    assert_close_scaled(y, expected, torch.float32, "y")
+    ref = dwsep_reference.expected(tensors, kwargs["stride"], kwargs["padding"],
+                                   kwargs["negative_slope"], None)
+    assert_close(y, ref.y, "dwsep_conv2d", torch.float32, "y", floor=ref.y_terms)

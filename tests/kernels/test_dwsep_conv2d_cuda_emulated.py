@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rtda_kernels.reference.dwsep_conv2d import dwsep_conv2d as reference
-
-from .helpers import EMULATION_CXXFLAGS, assert_close_scaled
+from . import dwsep_reference
+from .helpers import EMULATION_CXXFLAGS, assert_close
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = REPO / "tests" / "cuda_emulation" / "driver.cpp"
@@ -183,28 +182,20 @@ def test_emulated_cuda_kernels_match_reference(emulation, case, dtype):
     )  # fmt: skip
     _check(lib, status, "backward")
 
-    # Reference in float64. The kernels always produce both bias gradients (the op drops those of
-    # absent biases), so an absent bias is a zero one here. dL/dz takes its mask from the kernels'
-    # own y, as the op defines it.
+    # Reference in float64 (dwsep_reference). The kernels always produce both bias gradients
+    # (the op drops those of absent biases), so an absent bias is a zero one here. dL/dz takes its
+    # mask from the kernels' own y, as the op defines it.
     ref_inputs = [
-        x_k.double(),
-        dw_weight_k.double(),
-        torch.zeros(c_in, dtype=torch.float64) if dw_bias_k is None else dw_bias_k.double(),
-        pw_weight_k.double(),
-        torch.zeros(c_out, dtype=torch.float64) if pw_bias_k is None else pw_bias_k.double(),
+        x_k,
+        dw_weight_k,
+        torch.zeros(c_in, dtype=dtype) if dw_bias_k is None else dw_bias_k,
+        pw_weight_k,
+        torch.zeros(c_out, dtype=dtype) if pw_bias_k is None else pw_bias_k,
     ]
-    for t in ref_inputs:
-        t.requires_grad_(True)
-    z_ref = reference(*ref_inputs, stride=s, padding=p)
-    y_ref = z_ref if slope is None else torch.nn.functional.leaky_relu(z_ref, slope)
-    assert_close_scaled(y, y_ref, dtype, "y")
-    grad_z = grad_y.double()
-    if slope is not None:
-        grad_z = torch.where(y.double() > 0, grad_z, grad_z * slope)
-    grads_ref = torch.autograd.grad(z_ref, ref_inputs, grad_z)
-    names = ["x", "dw_weight", "dw_bias", "pw_weight", "pw_bias"]
-    for name, g, g_ref in zip(names, grads, grads_ref):
-        assert_close_scaled(g, g_ref, dtype, f"grad {name}")
+    ref = dwsep_reference.expected(ref_inputs, s, p, slope, grad_y, y_actual=y)
+    assert_close(y, ref.y, "dwsep_conv2d", dtype, "y", floor=ref.y_terms)
+    for name, g, g_ref, terms in zip(dwsep_reference.NAMES, grads, ref.grads, ref.grad_terms):
+        assert_close(g, g_ref, "dwsep_conv2d grad", dtype, f"grad {name}", floor=terms)
 
 
 def test_cases_cover_tiles_and_splits(emulation):

@@ -32,7 +32,7 @@ def test_flops_of_fused_and_unfused_layers_agree():
 def test_json_report_on_a_small_size():
     result = subprocess.run(
         [sys.executable, "-m", "rtda.complexity", "--json", "--repeats", "1",
-         "--discriminator-size", "64x128", "--segmenter-sizes", "64x64", "--in-channels", "16"],
+         "--discriminator-size", "128x64", "--segmenter-sizes", "64x64", "--in-channels", "16"],
         capture_output=True, text=True, check=True, timeout=300,
     )
     report = json.loads(result.stdout)
@@ -51,6 +51,15 @@ def test_json_report_on_a_small_size():
     assert segmenters["bisenet_resnet18"]["params"] < segmenters["bisenet_resnet101"]["params"]
     assert all(row["inference_ms"] > 0 and row["input"] == [3, 64, 64] for row in segmenters.values())
     assert report["environment"]["repeats"] == 1
+    assert report["environment"]["allocator"] == complexity.RETAINED_MALLOC  # as bench's tools
+
+
+def test_sizes_are_width_by_height():
+    """WxH like the rest of the CLI: 128x64 is 128 wide and 64 high (input C x 64 x 128)."""
+    args = complexity.parse_args(["--discriminator-size", "128x64", "--segmenter-sizes",
+                                  "64x32,96x64"])
+    assert args.discriminator_size == (64, 128)
+    assert args.segmenter_sizes == [(32, 64), (64, 96)]
 
 
 def test_tables_without_timing(capsys):
@@ -67,7 +76,8 @@ def test_tables_without_timing(capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--discriminator-size", "100x64"], "multiples of 32"),
+    (["--discriminator-size", "100x64"], "multiples of 32, got '100x64' (W = 100, H = 64)"),
+    (["--discriminator-size", "64by64"], "expected WxH, e.g. 1024x512, got '64by64'"),
     (["--discriminators", "fcd,gan"], "choose from"),
     (["--backbones", "resnet50"], "choose from"),
     (["--repeats", "-1"], "--repeats must be >= 0"),
