@@ -40,8 +40,10 @@ TORCH_LIBRARY(rtda_kernels, m) {
   // Inference only: a 3x3 stride-1 convolution (padding 1) by Winograd F(4x4, 3x3), float32, with
   // the weight given in its Winograd form (36 x C_in x C_out, see
   // rtda_kernels.reference.winograd_conv3x3.winograd_weight); y = conv + bias (+ residual), then
-  // ReLU if relu. y is channels_last.
+  // ReLU if relu. y is channels_last. weight (C_out x C_in x 3 x 3) is what weight_winograd was
+  // computed from: a call with non-finite x or weight is computed directly from it, so that NaN
+  // and inf come out as conv2d gives them.
   m.def(
-      "winograd_conv3x3(Tensor x, Tensor weight_winograd, Tensor? bias, Tensor? residual, "
-      "bool relu) -> Tensor");
+      "winograd_conv3x3(Tensor x, Tensor weight, Tensor weight_winograd, Tensor? bias, "
+      "Tensor? residual, bool relu) -> Tensor");
 }

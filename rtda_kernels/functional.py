@@ -222,43 +222,53 @@ def discriminator_loss(
 
 def winograd_conv3x3(
     x: torch.Tensor,
-    weight_winograd: torch.Tensor,
+    weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     *,
     relu: bool = False,
+    weight_winograd: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Inference-only 3x3 stride-1 convolution (zero padding 1) by Winograd F(4x4, 3x3):
-    ``conv2d(x, w, bias, padding=1)``, plus ``residual`` if given, then ReLU if ``relu``.
+    ``conv2d(x, weight, bias, padding=1)``, plus ``residual`` if given, then ReLU if ``relu``.
 
-    ``weight_winograd`` is ``winograd_weight(w)`` (36 x C_in x C_out) for a C_out x C_in x 3 x 3
-    weight ``w``, computed once. On the ``cpu`` backend (float32 only) the C++ kernel runs and
-    returns a channels_last tensor; elsewhere the reference. F(4x4, 3x3) does 4x fewer
-    multiply-adds than the direct convolution and rounds differently (tested within 2e-5 of the
-    output's magnitude in float32).
+    ``weight_winograd`` is ``winograd_weight(weight)`` (36 x C_in x C_out): pass it, computed
+    once, to save transforming the weight on every call. On the ``cpu`` backend (float32 only)
+    the C++ kernel runs and returns a channels_last tensor; elsewhere the reference. F(4x4, 3x3)
+    does 4x fewer multiply-adds than the direct convolution and rounds differently (tested within
+    2.5e-5 of the output's magnitude in float32). A call whose x or weight holds NaN or inf is
+    computed directly (``F.conv2d``), so non-finite values come out exactly where conv2d puts them.
     No autograd: inputs must not require grad (use ``torch.nn.functional.conv2d`` to train).
     """
     _checks.tensor("x", x, dims=4)
     n, c_in, height, width = x.shape
     if any(size < 1 for size in (n, c_in, height, width)):
         raise ValueError(f"x must be N x C_in x H x W with every size >= 1, got {tuple(x.shape)}")
+    _checks.tensor("weight", weight)
+    if weight.dim() != 4 or tuple(weight.shape[1:]) != (c_in, 3, 3) or weight.shape[0] < 1:
+        hint = (" (the Winograd form goes to weight_winograd=; weight is the conv's own weight)"
+                if weight.dim() == 3 else "")
+        raise ValueError(f"weight must be C_out x C_in x 3 x 3 with C_in = {c_in}, got "
+                         f"{tuple(weight.shape)}{hint}")
+    c_out = weight.shape[0]
+    if weight_winograd is None:
+        weight_winograd = reference.winograd_weight(weight)
     _checks.tensor("weight_winograd", weight_winograd, dims=3)
-    if weight_winograd.shape[:2] != (36, c_in):
+    if tuple(weight_winograd.shape) != (36, c_in, c_out):
         raise ValueError(
-            f"weight_winograd must be 36 x C_in x C_out with C_in = {c_in} (see winograd_weight), "
-            f"got {tuple(weight_winograd.shape)}"
+            f"weight_winograd must be 36 x C_in x C_out = {(36, c_in, c_out)} for this weight "
+            f"(winograd_weight(weight)), got {tuple(weight_winograd.shape)}"
         )
-    c_out = weight_winograd.shape[2]
     if bias is not None:
         _checks.shape("bias", _checks.tensor("bias", bias), (c_out,), "(C_out,)")
     if residual is not None:
         _checks.shape("residual", _checks.tensor("residual", residual, dims=4),
                       (n, c_out, height, width), "N x C_out x H x W")
-    _checks.same_dtype_and_device("x", x, weight_winograd=weight_winograd, bias=bias,
-                                  residual=residual)
+    _checks.same_dtype_and_device("x", x, weight=weight, weight_winograd=weight_winograd,
+                                  bias=bias, residual=residual)
     if not isinstance(relu, bool):
         raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
-    tensors = (x, weight_winograd, bias, residual)
+    tensors = (x, weight, weight_winograd, bias, residual)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         raise RuntimeError(
             "winograd_conv3x3 is inference-only (no backward): call it under torch.no_grad() or "
@@ -269,5 +279,5 @@ def winograd_conv3x3(
         if x.dtype != torch.float32:
             raise TypeError(f"x has dtype {x.dtype}; the cpu backend's winograd_conv3x3 "
                             "computes float32 only (the reference backend takes any float dtype)")
-        return _winograd_ops.compiled(x, weight_winograd, bias, residual, relu)
-    return reference.winograd_conv3x3(x, weight_winograd, bias, residual, relu)
+        return _winograd_ops.compiled(x, weight, weight_winograd, bias, residual, relu)
+    return reference.winograd_conv3x3(x, weight, weight_winograd, bias, residual, relu)

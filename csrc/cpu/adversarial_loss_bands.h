@@ -110,7 +110,7 @@ struct MapJob {
 template <typename acc_t>
 struct RowArgs {
   const acc_t* top;
-  const acc_t* bottom;
+  const acc_t* bottom;  // or nullptr: one row (no vertical resize), u = w_top * top
   acc_t w_top, w_bottom;
   const acc_t* target;  // or nullptr: target_value
   acc_t target_value;
@@ -126,7 +126,7 @@ double bce_row(const RowArgs<acc_t>& a, int64_t width, int64_t /*padded*/, bool 
                acc_t* loss_out, acc_t* acc_top, acc_t* acc_bottom) {
   double sum = 0;
   for (int64_t x = 0; x < width; ++x) {
-    const acc_t u = a.w_top * a.top[x] + a.w_bottom * a.bottom[x];
+    const acc_t u = a.bottom ? a.w_top * a.top[x] + a.w_bottom * a.bottom[x] : a.w_top * a.top[x];
     const acc_t y = a.target ? a.target[x] : a.target_value;
     const auto terms = rtda::bce_with_logits<acc_t>(u, y);
     if (sum_loss) sum += terms.loss;
@@ -150,11 +150,12 @@ inline double bce_row<float>(const RowArgs<float>& a, int64_t width, int64_t pad
   const VecF zero{};
   VecF sum{};
   for (int64_t x = 0; x < padded; x += L) {
-    const VecF u = a.w_top * load_vec(a.top + x) + a.w_bottom * load_vec(a.bottom + x);
+    const VecF top = a.w_top * load_vec(a.top + x);
+    const VecF u = a.bottom ? top + a.w_bottom * load_vec(a.bottom + x) : top;
     const VecF y = a.target ? load_vec(a.target + x) : rtda::cpu::splat(a.target_value);
     const VecF e = rtda::cpu::exp_nonpositive(u < zero ? u : -u);
     if (sum_loss || loss_out) {
-      const VecF loss = (u > zero ? u : zero) - u * y + rtda::cpu::log1p_unit(e);
+      const VecF loss = (1.0f - y) * u - (u < zero ? u : zero) + rtda::cpu::log1p_unit(e);
       if (loss_out) store_vec(loss_out + x, loss);
       if (sum_loss) sum += index < static_cast<float>(width - x) ? loss : zero;
     }
@@ -253,7 +254,7 @@ void run_band(MapJob<scalar_t, acc_t>& job, int64_t plane, int64_t b, Scratch<ac
     std::fill(s.acc_top.begin(), s.acc_top.end(), acc_t(0));
     std::fill(s.acc_bottom.begin(), s.acc_bottom.end(), acc_t(0));
   }
-  RowArgs<acc_t> args{s.top.data(), two_rows ? s.bottom.data() : s.top.data(), 0, 0,
+  RowArgs<acc_t> args{s.top.data(), two_rows ? s.bottom.data() : nullptr, 0, 0,
                       nullptr, job.target_value, nullptr, job.coefficient};
   double sum = 0;
   for (int64_t y = y_begin; y < y_end; ++y) {
@@ -289,7 +290,7 @@ void run_flat(MapJob<scalar_t, acc_t>& job, int64_t unit, Scratch<acc_t>& s) {
   const int64_t count = std::min(kFlatRun, job.pixels() - begin);
   constexpr int64_t L = lanes<float>();
   to_acc(job.logits + begin, count, s.top.data());
-  RowArgs<acc_t> args{s.top.data(), s.top.data(), acc_t(1), acc_t(0),
+  RowArgs<acc_t> args{s.top.data(), nullptr, acc_t(1), acc_t(0),
                       nullptr, job.target_value, nullptr, job.coefficient};
   if (job.target) {
     to_acc(job.target + begin, count, s.target.data());

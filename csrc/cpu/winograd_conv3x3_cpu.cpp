@@ -15,14 +15,22 @@
 //      transformed weight (36 x C_in x C_out, computed once in Python);
 //   3. output transform: (A^T m A) of each tile's 36 x C_out values gives its 4x4 outputs, to which
 //      bias, residual and ReLU are applied while writing y (channels_last).
+// Non-finite values: the transforms mix a tile's inputs, so one inf in x (or in the weight) would
+// turn whole tiles into NaN where the direct convolution gives inf in a few places. Any non-finite
+// x or weight value makes some transformed output non-finite; pass 3 notices it (before bias and
+// residual, which are added elementwise and propagate as they do after a direct convolution), and
+// the call is then computed by at::conv2d instead, so NaN and inf come out exactly as conv2d (and
+// ReLU) gives them.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/bmm.h>
+#include <ATen/ops/conv2d.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -117,10 +125,12 @@ struct Epilogue {
   bool relu;
 };
 
-// Pass 3 for tiles [begin, end): m is 36 x tiles x C_out, y is N x H x W x C_out.
-void output_transform(const float* __restrict__ m, const Geometry& g, int64_t c_out,
+// Pass 3 for tiles [begin, end): m is 36 x tiles x C_out, y is N x H x W x C_out. Returns whether
+// every transformed output (all 16 of each tile, before bias and residual) is finite.
+bool output_transform(const float* __restrict__ m, const Geometry& g, int64_t c_out,
                       const Epilogue& epilogue, int64_t first, int64_t count_tiles, int64_t begin,
                       int64_t end, float* __restrict__ y) {
+  V nonfinite = {};  // o - o: 0 for a finite o, NaN otherwise
   for (int64_t local = begin; local < end; ++local) {
     const int64_t tile = first + local;
     const int64_t image = tile / (g.tiles_y * g.tiles_x);
@@ -135,6 +145,7 @@ void output_transform(const float* __restrict__ m, const Geometry& g, int64_t c_
       }
       for (int j = 0; j < kWindow; ++j) output_1d(points + j, kWindow, s + j, kWindow);
       for (int i = 0; i < kTile; ++i) output_1d(s + i * kWindow, 1, out + i * kTile, 1);
+      for (int k = 0; k < kTile * kTile; ++k) nonfinite += out[k] - out[k];
       const V bias = epilogue.bias != nullptr ? load_part(epilogue.bias + c, count) : V{};
       for (int i = 0; i < rows; ++i) {
         for (int j = 0; j < cols; ++j) {
@@ -142,12 +153,26 @@ void output_transform(const float* __restrict__ m, const Geometry& g, int64_t c_
               ((image * g.height + ty * kTile + i) * g.width + tx * kTile + j) * c_out + c;
           V value = out[i * kTile + j] + bias;
           if (epilogue.residual != nullptr) value += load_part(epilogue.residual + offset, count);
-          if (epilogue.relu) value = value > 0.0f ? value : V{};
+          if (epilogue.relu) value = value < 0.0f ? V{} : value;  // NaN stays NaN
           store_part(y + offset, value, count);
         }
       }
     }
   }
+  for (int l = 0; l < L; ++l) {
+    if (nonfinite[l] != 0.0f) return false;
+  }
+  return true;
+}
+
+// The direct convolution for a call with non-finite x or weight (see the top of this file).
+at::Tensor direct(const at::Tensor& x, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                  bool relu) {
+  at::Tensor y = at::conv2d(x, weight, bias, {1, 1}, {1, 1});
+  if (residual.has_value()) y.add_(*residual);
+  if (relu) y.relu_();
+  return y.contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 // Winograd-domain floats (V and M) per chunk of tiles, 16 MB; a chunk has at least kMinChunk
@@ -170,7 +195,8 @@ float* thread_workspace(int64_t floats) {
 // Tiles per parallel task: enough work to amortise scheduling, few enough to balance the cores.
 int64_t grain(int64_t channels) { return std::max<int64_t>(1, 2048 / channels); }
 
-at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight_winograd,
+at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                const at::Tensor& weight_winograd,
                                 const std::optional<at::Tensor>& bias,
                                 const std::optional<at::Tensor>& residual, bool relu) {
   TORCH_CHECK(x.dim() == 4 && x.size(0) >= 1 && x.size(1) >= 1 && x.size(2) >= 1 && x.size(3) >= 1,
@@ -183,6 +209,10 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight_wi
               "winograd_conv3x3: weight_winograd must be a float32 36 x C_in x C_out tensor with "
               "C_in = ", x.size(1), ", got ", weight_winograd.sizes());
   const int64_t c_out = weight_winograd.size(2);
+  TORCH_CHECK(weight.sizes() == at::IntArrayRef({c_out, x.size(1), 3, 3}) &&
+                  weight.scalar_type() == at::kFloat,
+              "winograd_conv3x3: weight must be a float32 C_out x C_in x 3 x 3 tensor with C_out = ",
+              c_out, " and C_in = ", x.size(1), ", got ", weight.sizes());
   TORCH_CHECK(!bias.has_value() || (bias->numel() == c_out && bias->scalar_type() == at::kFloat),
               "winograd_conv3x3: bias must be float32 with C_out = ", c_out, " elements");
   const int64_t tiles_y = (x.size(2) + kTile - 1) / kTile, tiles_x = (x.size(3) + kTile - 1) / kTile;
@@ -210,6 +240,7 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight_wi
   float* const workspace = thread_workspace(chunk * per_tile);
   float* const y_data = y.data_ptr<float>();
   const float* const x_data = input.data_ptr<float>();
+  std::atomic<bool> finite{true};
   for (int64_t first = 0; first < g.tiles; first += chunk) {
     const int64_t count = std::min(chunk, g.tiles - first);
     const at::Tensor v = at::from_blob(workspace, {kPoints, count, g.channels}, x.options());
@@ -220,8 +251,12 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight_wi
     });
     at::bmm_out(m, v, u);
     at::parallel_for(0, count, grain(c_out), [&](int64_t begin, int64_t end) {
-      output_transform(m.data_ptr<float>(), g, c_out, epilogue, first, count, begin, end, y_data);
+      if (!output_transform(m.data_ptr<float>(), g, c_out, epilogue, first, count, begin, end,
+                            y_data)) {
+        finite.store(false, std::memory_order_relaxed);
+      }
     });
+    if (!finite.load(std::memory_order_relaxed)) return direct(x, weight, bias, residual, relu);
   }
   return y;
 }

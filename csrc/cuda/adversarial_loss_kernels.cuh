@@ -168,6 +168,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   const int64_t row_end =
       row_begin + j.rows_per_block < total_rows ? row_begin + j.rows_per_block : total_rows;
   const int64_t W = j.out_w, w = j.w;
+  const bool same_h = j.h == j.out_h, same_w = w == W;
   Acc loss_sum = Acc(0);
 
   for (int64_t row = row_begin; row < row_end; ++row) {
@@ -183,10 +184,14 @@ __global__ void __launch_bounds__(kMaxRowThreads)
       const int64_t ox = x0 + tid;
       if (ox < W) {
         const rtda::LinearTap<Acc> tx = rtda::linear_tap<Acc>(ox, w, j.scale_x);
-        const Acc u = ty.w0 * (tx.w0 * static_cast<Acc>(top[tx.i0]) +
-                               tx.w1 * static_cast<Acc>(top[tx.i1])) +
-                      ty.w1 * (tx.w0 * static_cast<Acc>(bottom[tx.i0]) +
-                               tx.w1 * static_cast<Acc>(bottom[tx.i1]));
+        // An axis without resize reads its logit as it is (as the CPU kernel does): its taps'
+        // weights are 1 and 0, and 0 * inf would turn an infinite neighbour into NaN.
+        const auto along_x = [&](const scalar_t* in_row) -> Acc {
+          return same_w ? static_cast<Acc>(in_row[ox])
+                        : tx.w0 * static_cast<Acc>(in_row[tx.i0]) +
+                              tx.w1 * static_cast<Acc>(in_row[tx.i1]);
+        };
+        const Acc u = same_h ? along_x(top) : ty.w0 * along_x(top) + ty.w1 * along_x(bottom);
         const Acc y =
             j.target != nullptr ? static_cast<Acc>(j.target[out_row + ox]) : j.target_value;
         const rtda::BceTerms<Acc> bce = rtda::bce_with_logits<Acc>(u, y);
@@ -198,7 +203,7 @@ __global__ void __launch_bounds__(kMaxRowThreads)
                             : bce.grad;
           tap_s[tid] = static_cast<int>(tx.i0);
           g0_s[tid] = g * tx.w0;
-          g1_s[tid] = g * tx.w1;
+          g1_s[tid] = same_w ? Acc(0) : g * tx.w1;  // no 0 * NaN from the unused tap
         }
       }
       if (rows_out == nullptr) continue;  // block-uniform
@@ -305,7 +310,7 @@ __global__ void __launch_bounds__(kFinishThreads)
         weight += ty.w0;
         hit = true;
       }
-      if (ty.i1 == iy) {
+      if (ty.i1 == iy && j.h != j.out_h) {  // without a resize the second tap is unused
         weight += ty.w1;
         hit = true;
       }

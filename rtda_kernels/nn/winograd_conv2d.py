@@ -56,7 +56,8 @@ class WinogradConv2d(nn.Module):
         self.weight_winograd = winograd_weight(self.weight.detach())
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        return winograd_conv3x3(x, self.weight_winograd, self.bias, residual, relu=self.relu)
+        return winograd_conv3x3(x, self.weight, self.bias, residual, relu=self.relu,
+                                weight_winograd=self.weight_winograd)
 
     def extra_repr(self) -> str:
         c_out, c_in = self.weight.shape[:2]

@@ -15,18 +15,19 @@ from torch.utils.flop_counter import register_flop_formula
 from rtda_kernels import _extension
 
 
-def _fake(x, weight_winograd, bias, residual, relu):
+def _fake(x, weight, weight_winograd, bias, residual, relu):
     # The kernel returns channels_last; the fake must promise the same strides.
     shape = (x.shape[0], weight_winograd.shape[2], x.shape[2], x.shape[3])
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 
-def _flops(x_shape, weight_shape, bias_shape, residual_shape, relu, *args, **kwargs) -> int:
+def _flops(x_shape, weight_shape, weight_winograd_shape, bias_shape, residual_shape, relu, *args,
+           **kwargs) -> int:
     """The FLOPs of the 3x3 convolution it replaces (2 x multiply-adds, as
     torch.utils.flop_counter counts convolutions), not the fewer the Winograd form performs, so
     that complexity figures do not depend on the algorithm."""
     n, c_in, height, width = x_shape
-    return 2 * n * height * width * c_in * weight_shape[2] * 9
+    return 2 * n * height * width * c_in * weight_shape[0] * 9
 
 
 compiled: Callable | None = None

@@ -56,13 +56,17 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
 
 def winograd_conv3x3(
     x: torch.Tensor,
+    weight: torch.Tensor,
     weight_winograd: torch.Tensor,
     bias: torch.Tensor | None = None,
     residual: torch.Tensor | None = None,
     relu: bool = False,
 ) -> torch.Tensor:
-    """``conv2d(x, w, bias, padding=1)`` (+ ``residual``, then ReLU if ``relu``) for a 3x3 weight
-    given as ``winograd_weight(w)``, by the F(4x4, 3x3) algorithm, every intermediate kept."""
+    """``conv2d(x, weight, bias, padding=1)`` (+ ``residual``, then ReLU if ``relu``) by the
+    F(4x4, 3x3) algorithm from ``weight_winograd = winograd_weight(weight)``, every intermediate
+    kept. When a transformed output is not finite (x or the weight holds NaN or inf, which the
+    transforms would spread over whole tiles) the call is computed by ``F.conv2d`` instead, as the
+    CPU kernel does, so that NaN and inf come out where the direct convolution puts them."""
     n, _, height, width = x.shape
     c_out = weight_winograd.shape[2]
     tiles_y, tiles_x = -(-height // TILE), -(-width // TILE)
@@ -75,7 +79,10 @@ def winograd_conv3x3(
     u = weight_winograd.view(WINDOW, WINDOW, -1, c_out)
     m = torch.einsum("abntxc,abco->abntxo", v, u)
     y = torch.einsum("ia,abntxo,jb->notixj", a_t, m, a_t)
-    y = y.reshape(n, c_out, TILE * tiles_y, TILE * tiles_x)[:, :, :height, :width]
+    if torch.isfinite(y).all():  # all 16 outputs of every tile, as the kernel checks
+        y = y.reshape(n, c_out, TILE * tiles_y, TILE * tiles_x)[:, :, :height, :width]
+    else:
+        y = F.conv2d(x, weight, padding=1)
     if bias is not None:
         y = y + bias.view(1, -1, 1, 1)
     if residual is not None:

@@ -2,7 +2,7 @@
 rtda_kernels/triton/adversarial_loss.py).
 
     u = interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)   # never stored
-    loss = max(u, 0) - u * y + log1p(exp(-|u|)),   dloss/du = sigmoid(u) - y
+    loss = (1 - y) u - min(u, 0) + log1p(exp(-|u|)),   dloss/du = sigmoid(u) - y
 
 with y a constant label or an N x C x H x W target, reduced by none / mean / sum; contract in
 csrc/registration.cpp, per-element math in csrc/include/rtda/adversarial_math.h.
@@ -117,9 +117,11 @@ def resized_kernel(x_ptr, t_ptr, gm_ptr, map_ptr, part_ptr, q_ptr,
             c_ok = c < ce4
             wc1 = tl.minimum(tl.maximum(tap_src(c, scale_w) - cjf, 0.0), 1.0)
             wc0 = 1.0 - wc1
-            top = wc0 * v00 + wc1 * v01  # [BI, 1, BJ, KC]
-            bot = wc0 * v10 + wc1 * v11
-            u = wr0 * top + wr1 * bot  # [BI, KR, BJ, KC]
+            # An axis without resize reads its logit as it is (as the CPU kernel does): its
+            # weights are 1 and 0, and 0 * inf would turn an infinite neighbour into NaN.
+            top = tl.where(w == W, v00, wc0 * v00 + wc1 * v01)  # [BI, 1, BJ, KC]
+            bot = tl.where(w == W, v10, wc0 * v10 + wc1 * v11)
+            u = tl.where(h == H, top, wr0 * top + wr1 * bot)  # [BI, KR, BJ, KC]
             mask = r_ok & c_ok
             offs = out_base + r * W + c
             if HAS_TARGET:
@@ -137,12 +139,13 @@ def resized_kernel(x_ptr, t_ptr, gm_ptr, map_ptr, part_ptr, q_ptr,
                 if GRAD_MAP:
                     g = g * tl.load(gm_ptr + offs, mask=mask, other=0.0).to(tl.float32)
                 g = tl.where(mask, g, 0.0)
+                # An axis without resize has no second tap: no 0 * NaN through it.
                 t0 = tl.sum(g * wc0, axis=3, keep_dims=True)  # [BI, KR, BJ, 1]
-                t1 = tl.sum(g * wc1, axis=3, keep_dims=True)
+                t1 = tl.where(w == W, 0.0, tl.sum(g * wc1, axis=3, keep_dims=True))
                 a00 += tl.sum(wr0 * t0, axis=1, keep_dims=True)  # [BI, 1, BJ, 1]
                 a01 += tl.sum(wr0 * t1, axis=1, keep_dims=True)
-                a10 += tl.sum(wr1 * t0, axis=1, keep_dims=True)
-                a11 += tl.sum(wr1 * t1, axis=1, keep_dims=True)
+                a10 += tl.where(h == H, 0.0, tl.sum(wr1 * t0, axis=1, keep_dims=True))
+                a11 += tl.where(h == H, 0.0, tl.sum(wr1 * t1, axis=1, keep_dims=True))
 
     if REDUCE:
         tl.store(part_ptr + pid, tl.sum(acc))

@@ -52,11 +52,12 @@ def log1p(e):
 def bce(u, y):
     """(loss, sigmoid(u) - y) from e = exp(-|u|), as in adversarial_math.h: with
     s = sigmoid(-|u|) = e / (1 + e), the gradient is (1 - y) - s for u >= 0 and s - y otherwise,
-    so a confident pixel (sigmoid(u) ~ y) keeps its small gradient's relative precision."""
+    so a confident pixel (sigmoid(u) ~ y) keeps its small gradient's relative precision. The loss is
+    PyTorch's (1 - y) u - log_sigmoid(u), so that an infinite u gives what PyTorch gives."""
     e = tl.exp(-tl.abs(u))
     s = e / (1.0 + e)
     grad = tl.where(u >= 0.0, (1.0 - y) - s, s - y)
-    return tl.maximum(u, 0.0) - u * y + log1p(e), grad
+    return (1.0 - y) * u - tl.minimum(u, 0.0) + log1p(e), grad
 
 
 @triton.jit

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import rtda_kernels
+
 from . import loss_reference
 from .helpers import EMULATION_CXXFLAGS, assert_close
 
@@ -371,3 +373,53 @@ def test_invalid_arguments_are_refused(emulation):
             _ptr(logits), None, 0.0, _i64(shape), reduction, 0, _ptr(loss), None
         )
         assert status == -1 and message in lib.adv_emu_last_error()
+
+
+@pytest.mark.parametrize("reduction", list(REDUCTIONS))
+@pytest.mark.parametrize("target_kind", TARGETS)
+@pytest.mark.parametrize("shape", [(2, 1, 5, 7, 5, 7), (1, 1, 4, 6, 4, 13), (1, 1, 4, 6, 9, 6)],
+                         ids=["same-size", "rows-same", "cols-same"])
+def test_non_finite_logits(emulation, shape, target_kind, reduction):
+    """+inf, -inf and NaN logits (test_nonfinite.py runs the same on the other backends): without a
+    resize along an axis the logit is read as it is, so with no resize at all the loss and its
+    gradient are exactly BCE-with-logits' (inf for +inf with label 0, a finite gradient); with
+    one the non-finite pixels are those of F.interpolate."""
+    lib = _lib(emulation)
+    logits, target, value = _inputs(shape, target_kind, torch.float32)
+    flat = logits.view(-1)
+    flat[1], flat[flat.numel() // 2], flat[-2] = float("inf"), float("-inf"), float("nan")
+    logits_ref = logits.double().requires_grad_(True)
+    target_ref = target.double() if target is not None else value
+    loss_ref = loss_reference.adversarial_loss(logits_ref, target_ref, shape[4:], reduction,
+                                               torch.float32)
+    loss, grad = _run_loss(lib, shape, logits, target, value, REDUCTIONS[reduction], True)
+    if reduction == "none":
+        grad_loss = torch.rand(loss.shape, dtype=torch.float64).float() + 0.5
+        grad = _run_backward(lib, shape, grad_loss, logits, target, value)
+        (grad_ref,) = torch.autograd.grad(loss_ref, logits_ref, grad_loss.double())
+    else:
+        (grad_ref,) = torch.autograd.grad(loss_ref, logits_ref)
+    if shape[2:4] == shape[4:]:
+        _assert_close(loss, loss_ref, torch.float32, "loss")
+        _assert_close(grad, grad_ref, torch.float32, "grad")
+        assert grad.isfinite().sum() == grad.numel() - 1, "only the NaN logit has a NaN gradient"
+    else:  # loss_reference resizes by a matrix product, where 0 * inf reaches every pixel
+        leaf = logits.clone().requires_grad_(True)
+        interpolated = rtda_kernels.reference.adversarial_loss(
+            leaf, target if target is not None else value, output_size=shape[4:],
+            reduction=reduction)
+        (grad_ref,) = torch.autograd.grad(interpolated, leaf,
+                                          grad_loss if reduction == "none" else None)
+        finite = interpolated.isfinite()
+        assert torch.equal(loss.isfinite(), finite), "the non-finite pixels differ"
+        _assert_close(loss[finite], interpolated[finite].detach(), torch.float32, "loss")
+        cpu_leaf = logits.clone().requires_grad_(True)
+        with rtda_kernels.use_backend("cpu"):
+            cpu_loss = rtda_kernels.adversarial_loss(
+                cpu_leaf, target if target is not None else value, output_size=shape[4:],
+                reduction=reduction)
+        (cpu_grad,) = torch.autograd.grad(cpu_loss, cpu_leaf,
+                                          grad_loss if reduction == "none" else None)
+        assert torch.equal(grad.isfinite(), cpu_grad.isfinite()), "NaN gradients unlike the CPU's"
+        both = grad.isfinite() & grad_ref.isfinite()
+        _assert_close(grad[both], grad_ref[both], torch.float32, "grad")

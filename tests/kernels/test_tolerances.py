@@ -65,8 +65,7 @@ def _loss() -> dict[str, Compared]:
 def _winograd() -> dict[str, Compared]:
     x, weight, bias, residual = winograd_tests.make(winograd_tests.CASES[5])  # 40 -> 24, 23x29
     with torch.no_grad():
-        y = rtda_kernels.winograd_conv3x3(x, rtda_kernels.winograd_weight(weight), bias, residual,
-                                          relu=True)
+        y = rtda_kernels.winograd_conv3x3(x, weight, bias, residual, relu=True)
     return {"winograd_conv3x3": Compared(
         y, winograd_tests.direct(x, weight, bias, residual, True), "winograd_conv3x3",
         winograd_tests.terms(x, weight, bias, residual))}

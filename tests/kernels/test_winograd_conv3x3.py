@@ -81,7 +81,8 @@ def direct(x, weight, bias, residual, relu):
 def test_reference_equals_direct_convolution_in_float64(case):
     """The transform matrices are right: in float64 the algorithm is exact up to rounding."""
     x, weight, bias, residual = (t.double() for t in make(case))
-    y = reference.winograd_conv3x3(x, reference.winograd_weight(weight), bias, residual, True)
+    y = reference.winograd_conv3x3(x, weight, reference.winograd_weight(weight), bias, residual,
+                                   True)
     check_direct(y, x, weight, bias, residual, True, torch.float64, "y")
 
 
@@ -96,17 +97,18 @@ def test_kernel_matches_reference_and_conv2d(case, layout, epilogue):
     residual = residual if epilogue == "bias+residual+relu" else None
     relu = epilogue == "bias+residual+relu"
     u = rtda_kernels.winograd_weight(weight)
-    y = rtda_kernels.winograd_conv3x3(x, u, bias, residual, relu=relu)
+    y = rtda_kernels.winograd_conv3x3(x, weight, bias, residual, relu=relu, weight_winograd=u)
     assert y.is_contiguous(memory_format=torch.channels_last)
     check_direct(y, x, weight, bias, residual, relu, torch.float32)
     # The bound is the algorithm's, not the kernel's slack: the float32 reference (the same
     # transforms in PyTorch ops) rounds as far from the direct convolution.
-    check_direct(reference.winograd_conv3x3(x, u, bias, residual, relu), x, weight, bias,
+    check_direct(reference.winograd_conv3x3(x, weight, u, bias, residual, relu), x, weight, bias,
                  residual, relu, torch.float32, "reference y")
     # The same arithmetic in any layout: bitwise equal to the contiguous input's result.
     if layout != "contiguous":
         y_contiguous = rtda_kernels.winograd_conv3x3(
-            x.contiguous(), u, bias, None if residual is None else residual.contiguous(), relu=relu)
+            x.contiguous(), weight, bias, None if residual is None else residual.contiguous(),
+            relu=relu, weight_winograd=u)
         assert torch.equal(y, y_contiguous)
 
 
@@ -132,8 +134,7 @@ def test_kernel_random_shapes(n, c_in, c_out, height, width, has_bias, has_resid
           else "one task")
     x, weight, bias, residual = make((n, c_in, c_out, height, width), layout=layout, seed=seed)
     bias, residual = (bias if has_bias else None), (residual if has_residual else None)
-    y = rtda_kernels.winograd_conv3x3(x, rtda_kernels.winograd_weight(weight), bias, residual,
-                                      relu=relu)
+    y = rtda_kernels.winograd_conv3x3(x, weight, bias, residual, relu=relu)
     check_direct(y, x, weight, bias, residual, relu, torch.float32)
 
 
@@ -143,7 +144,7 @@ def test_kernel_many_chunks_and_images():
     """More tiles than one workspace chunk holds (the chunk loop and its tile offsets), batch 2."""
     x, weight, bias, residual = make((2, 16, 16, 150, 70))
     u = rtda_kernels.winograd_weight(weight)
-    y = rtda_kernels.winograd_conv3x3(x, u, bias, residual, relu=True)
+    y = rtda_kernels.winograd_conv3x3(x, weight, bias, residual, relu=True, weight_winograd=u)
     check_direct(y, x, weight, bias, residual, True, torch.float32, "y")
 
 
@@ -156,7 +157,8 @@ def test_inference_mode_then_no_grad():
     u = rtda_kernels.winograd_weight(weight)
     for mode in (torch.inference_mode, torch.no_grad, torch.inference_mode):
         with mode():
-            y = rtda_kernels.winograd_conv3x3(x, u, bias, residual, relu=True)
+            y = rtda_kernels.winograd_conv3x3(x, weight, bias, residual, relu=True,
+                                              weight_winograd=u)
         check_direct(y, x, weight, bias, residual, True, torch.float32,
                      f"y under {mode.__name__}")
 
@@ -166,8 +168,7 @@ def test_inference_mode_then_no_grad():
 def test_other_dtypes_run_the_reference(dtype):
     x, weight, bias, residual = make(CASES[0], dtype=dtype)
     with rtda_kernels.use_backend("reference"):
-        y = rtda_kernels.winograd_conv3x3(x, rtda_kernels.winograd_weight(weight), bias, residual,
-                                          relu=True)
+        y = rtda_kernels.winograd_conv3x3(x, weight, bias, residual, relu=True)
     assert y.dtype == dtype
     check_direct(y, x, weight, bias, residual, True, dtype, "y")
 
@@ -177,8 +178,9 @@ def test_opcheck():
     for case in (CASES[0], CASES[1], CASES[3]):
         x, weight, bias, residual = make(case)
         u = reference.winograd_weight(weight)
-        for args in ((x, u, None, None, False), (x, u, bias, residual, True),
-                     (x.contiguous(memory_format=torch.channels_last), u, bias, None, True)):
+        for args in ((x, weight, u, None, None, False), (x, weight, u, bias, residual, True),
+                     (x.contiguous(memory_format=torch.channels_last), weight, u, bias, None,
+                      True)):
             torch.library.opcheck(torch.ops.rtda_kernels.winograd_conv3x3, args)
 
 
@@ -225,19 +227,26 @@ def test_bad_input():
     u = reference.winograd_weight(weight)
     op = rtda_kernels.winograd_conv3x3
     with pytest.raises(ValueError, match="x must be a 4-D tensor"):
-        op(x[0], u)
-    with pytest.raises(ValueError, match="weight_winograd must be 36 x C_in x C_out with C_in = 1"):
-        op(x, reference.winograd_weight(weight[:, :5]))
+        op(x[0], weight)
+    with pytest.raises(ValueError, match=r"weight must be C_out x C_in x 3 x 3 with C_in = 17, got "
+                                         r"\(8, 5, 3, 3\)$"):
+        op(x, weight[:, :5])
+    with pytest.raises(ValueError, match="the Winograd form goes to weight_winograd="):
+        op(x, u)  # the old call, (x, weight_winograd)
+    with pytest.raises(ValueError, match=r"weight_winograd must be 36 x C_in x C_out = \(36, 17, 8\)"):
+        op(x, weight, weight_winograd=u[:, :, :4])
     with pytest.raises(ValueError, match=r"bias must have shape \(C_out,\)"):
-        op(x, u, bias[:3])
+        op(x, weight, bias[:3], weight_winograd=u)
     with pytest.raises(ValueError, match="residual must have shape N x C_out x H x W"):
-        op(x, u, bias, residual[:, :, 1:])
+        op(x, weight, bias, residual[:, :, 1:])
     with pytest.raises(TypeError, match="bias has dtype torch.float64"):
-        op(x, u, bias.double())
+        op(x, weight, bias.double())
+    with pytest.raises(TypeError, match="weight_winograd has dtype torch.float64"):
+        op(x, weight, weight_winograd=u.double())
     with pytest.raises(TypeError, match="relu must be a bool"):
-        op(x, u, relu=1)
+        op(x, weight, relu=1)
     with pytest.raises(RuntimeError, match="inference-only"):
-        op(x.requires_grad_(), u)
+        op(x.requires_grad_(), weight)
     with pytest.raises(ValueError, match="weight must be C_out x C_in x 3 x 3"):
         WinogradConv2d(torch.zeros(4, 4, 1, 1))
 
@@ -247,4 +256,4 @@ def test_bad_input():
 def test_cpu_backend_computes_float32_only():
     x, weight, _, _ = make(CASES[0], dtype=torch.float64)
     with rtda_kernels.use_backend("cpu"), pytest.raises(TypeError, match="float32 only"):
-        rtda_kernels.winograd_conv3x3(x, reference.winograd_weight(weight))
+        rtda_kernels.winograd_conv3x3(x, weight)

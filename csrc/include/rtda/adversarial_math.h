@@ -49,7 +49,9 @@ RTDA_HOST_DEVICE float log1p_of(float x) { return log1pf(x); }
 RTDA_HOST_DEVICE double log1p_of(double x) { return log1p(x); }
 
 // Binary cross-entropy with logits at one pixel and its derivative, from e = exp(-|u|) computed
-// once: loss = max(u, 0) - u * y + log1p(e) (never overflows), dloss/du = sigmoid(u) - y written
+// once: loss = (1 - y) u - min(u, 0) + log1p(e), PyTorch's (1 - y) u - log_sigmoid(u) (it never
+// overflows, and an infinite u gives what PyTorch gives: inf for u = +inf and y < 1, NaN for
+// u = -inf, where max(u, 0) - u y would give NaN for every label), dloss/du = sigmoid(u) - y written
 // with s = sigmoid(-|u|) = e / (1 + e) as (1 - y) - s for u >= 0 and s - y otherwise, so that a
 // confident pixel (sigmoid(u) ~ y) keeps its small gradient's relative precision.
 template <typename T>
@@ -63,7 +65,7 @@ RTDA_HOST_DEVICE BceTerms<T> bce_with_logits(T u, T y) {
   const T e = exp_of(u < T(0) ? u : -u);
   const T s = e / (T(1) + e);
   const T grad = u >= T(0) ? (T(1) - y) - s : s - y;
-  return BceTerms<T>{(u > T(0) ? u : T(0)) - u * y + log1p_of(e), grad};
+  return BceTerms<T>{(T(1) - y) * u - (u < T(0) ? u : T(0)) + log1p_of(e), grad};
 }
 
 }  // namespace rtda
