@@ -200,13 +200,8 @@ def test_property_random_shapes_triton(case, layout):
     check_against_reference("triton", case, torch.float32, layout=layout)
 
 
-# Found by the hypothesis test above: with C_in = 1 the Triton backward returns grad_dw_weight and
-# grad_dw_bias as two views of one buffer (sums[:, :k*k] and sums[:, k*k] of a 1-row tensor are
-# already contiguous, so .contiguous() copies neither), which torch.library refuses ("may not
-# alias any inputs ... or other returns"). Reported, not fixed here (rtda_kernels/triton/ is
-# another change's); strict, so that the fix turns this test red until the mark is removed.
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="Triton backward aliases grad_dw_weight and grad_dw_bias when C_in = 1")
+# Found by the hypothesis test above: with C_in = 1 the Triton backward returned grad_dw_weight and
+# grad_dw_bias as two views of one buffer, which torch.library refuses (returns may not alias).
 @pytest.mark.parametrize("backend", backend_params("triton"))
 def test_single_input_channel_triton(backend):
     check_against_reference(backend, (1, 1, 2, 5, 6, 3, 1, 1, 0.2), torch.float32)
