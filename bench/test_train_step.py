@@ -49,6 +49,10 @@ def test_train_step(benchmark, discriminator, provider, request):
         pytest.skip("compile is benchmarked, not smoke-tested: three training graphs take minutes")
     benchmark.group = f"train step {discriminator} ({','.join(map(str, shape))})"
     step = _case(discriminator, provider, shape)
-    step()  # warm-up (compiles the compile provider)
+    losses = step()  # warm-up (compiles the compile provider)
+    if provider != "plain":  # the first step at the timed shape gives plain PyTorch's losses
+        expected = _case(discriminator, "plain", shape)()
+        for name, value in expected.items():
+            assert losses[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
     losses = benchmark.pedantic(step, rounds=1 if smoke else ROUNDS, iterations=1)
     assert set(losses) == {"seg", "adv", "d"} and all(v == v for v in losses.values())
