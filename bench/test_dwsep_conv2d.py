@@ -26,6 +26,7 @@ from bench.subjects import (
     SUBJECTS,
     Case,
     Subject,
+    assert_matches_eager,
     group_name,
     make_case,
     make_input,
@@ -36,7 +37,6 @@ from bench.subjects import (
 # Timed rounds per benchmark (after one warm-up round). Eager fwd+bwd of the stack takes about a
 # second at the real shapes on 2 cores, so a handful keeps the suite to a few minutes.
 ROUNDS = 5
-TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
 
 _built: dict[str, Subject] = {}
 
@@ -75,11 +75,12 @@ def _check_against_eager(case: Case, shape: tuple[int, ...]) -> None:
         c.reset()
     with torch.set_grad_enabled(case.pass_ == "fwd+bwd"):
         actual, expected = models[case.provider](case.x), models["eager"](eager.x)
-    torch.testing.assert_close(actual, expected, **TOLERANCE)
     if case.pass_ == "fwd+bwd":
         actual.sum().backward()
         expected.sum().backward()
-        torch.testing.assert_close(case.x.grad, eager.x.grad, **TOLERANCE)
+        assert_matches_eager(actual, expected, case.x.grad, eager.x.grad)
+    else:
+        assert_matches_eager(actual, expected)
     for c in (case, eager):
         c.reset()
 

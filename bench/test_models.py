@@ -19,10 +19,16 @@ import torch
 
 from bench.memory import peak_allocated_bytes, saved_for_backward_bytes, to_mb
 from bench.model_subjects import MODEL_SUBJECTS
-from bench.subjects import Subject, group_name, make_case, make_input, warm_up
+from bench.subjects import (
+    Subject,
+    assert_matches_eager,
+    group_name,
+    make_case,
+    make_input,
+    warm_up,
+)
 
 ROUNDS = 3
-TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
 
 _built: dict[str, Subject] = {}
 
@@ -54,12 +60,13 @@ def _check_against_eager(subject: Subject, provider: str, pass_: str, shape) -> 
         case.reset()
         with torch.set_grad_enabled(pass_ == "fwd+bwd"):
             outputs.append(subject.models[case.provider](case.x))
-    torch.testing.assert_close(outputs[0], outputs[1], **TOLERANCE)
     if pass_ == "fwd+bwd":
         for case, out in zip(cases, outputs):
             case.reset()
             out.sum().backward()
-        torch.testing.assert_close(cases[0].x.grad, cases[1].x.grad, **TOLERANCE)
+        assert_matches_eager(*outputs, cases[0].x.grad, cases[1].x.grad)
+    else:
+        assert_matches_eager(*outputs)
     for case in cases:
         case.reset()
 
