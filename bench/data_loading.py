@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rtda.complexity import cpu_description, timing_allocator
+from rtda.complexity import timing_allocator
 from rtda.data import GTA5, SegmentationTransform, collate
 from rtda.data.labels import LABEL_ID_PALETTE
 from rtda.data.toy_scenes import SOURCE, draw_scene
+from rtda.machine import cpu_description
 from rtda.models import build_segmenter
 
 CASES = {"gta5-size": ((1052, 1914), (512, 1024)), "toy": ((256, 512), (256, 512))}

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from bench.subjects import Subject, _compiled, _on_cpu_backend, plain_pytorch
+from bench.subjects import Subject, compiled, on_cpu_backend, plain_pytorch
 from rtda.models import DISCRIMINATORS, build_discriminator
 
 # The paper's training shape at the discriminator (batch 4, softmax of 19 classes, 512x1024);
@@ -28,12 +28,12 @@ def build_discriminator_subject(name: str, seed: int = 0) -> Subject:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         eager = plain_pytorch(build_discriminator(name, fused=False))
-    models = {"eager": eager, "compile": _compiled(eager)}
+    models = {"eager": eager, "compile": compiled(eager)}
     parameters = list(eager.parameters())
     if name != "fcd":
         fused = build_discriminator(name, fused=True)
         fused.load_state_dict(eager.state_dict())
-        models["fused"] = _on_cpu_backend(fused)
+        models["fused"] = on_cpu_backend(fused)
         parameters += list(fused.parameters())
     return Subject(name, models, parameters)
 

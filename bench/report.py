@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rtda.machine import cpu_model, simd_extensions
+
 BASELINES = ("eager", "plain")
 PROVIDER_ORDER = ("eager", "plain", "compile", "fused", "runtime", "runtime-compile",
                   "onnxruntime")
@@ -134,32 +136,11 @@ def section_chart(title: str, groups: list[Group], path: Path) -> Path:
     return path
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _simd() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    found = [name for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
-             if name in flags]
-    return ", ".join(found) or "no AVX2"
-
-
 def machine_description() -> list[str]:
     import torch
 
     lines = [f"CPU: {cpu_model()} ({os.cpu_count()} cores, torch threads "
-             f"{torch.get_num_threads()}; SIMD: {_simd()})",
+             f"{torch.get_num_threads()}; SIMD: {', '.join(simd_extensions()) or 'none found'})",
              f"torch {torch.__version__}, Python {platform.python_version()}"]
     for package in ("triton", "onnxruntime"):
         try:

@@ -128,7 +128,7 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return parts  # type: ignore[return-value]
 
 
-def _on_cpu_backend(model: Model) -> Model:
+def on_cpu_backend(model: Model) -> Model:
     """Run ``model`` with the fused ops forced onto the C++ CPU backend (an error if missing)."""
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -138,7 +138,7 @@ def _on_cpu_backend(model: Model) -> Model:
     return run
 
 
-def _compiled(model: Model) -> Model:
+def compiled(model: Model) -> Model:
     # Static shapes: each benchmarked shape gets its own specialised graph, as a deployment would.
     return torch.compile(model, dynamic=False)
 
@@ -159,7 +159,7 @@ def build_op(seed: int = 0) -> Subject:
     def fused(x: torch.Tensor) -> torch.Tensor:
         return rtda_kernels.dwsep_conv2d(x, *weights, **conv)
 
-    models = {"eager": eager, "compile": _compiled(eager), "fused": _on_cpu_backend(fused)}
+    models = {"eager": eager, "compile": compiled(eager), "fused": on_cpu_backend(fused)}
     return Subject("dwsep_conv2d op", models, list(weights))
 
 
@@ -210,7 +210,7 @@ def build_light_thin(seed: int = 0) -> Subject:
         eager = plain_pytorch(light_thin_stack(fused=False))
     fused = light_thin_stack(fused=True)
     fused.load_state_dict(eager.state_dict())
-    models = {"eager": eager, "compile": _compiled(eager), "fused": _on_cpu_backend(fused)}
+    models = {"eager": eager, "compile": compiled(eager), "fused": on_cpu_backend(fused)}
     return Subject("light_thin stack", models, [*eager.parameters(), *fused.parameters()])
 
 
@@ -221,7 +221,7 @@ SUBJECTS: dict[str, Callable[[], Subject]] = {"op": build_op, "light_thin": buil
 def _check_fused_loss_on_cpu() -> None:
     """The fused losses run on the default backend (forcing one with ``use_backend`` would time
     its checks too): make sure that it is the C++ one, not a silent fallback to the reference."""
-    backend = rtda_kernels.select_backend(torch.device("cpu"))
+    backend = rtda_kernels.select_backend("adversarial_loss", torch.device("cpu"))
     if backend != "cpu":
         raise RuntimeError(
             f"the default backend for CPU tensors is {backend!r}, not 'cpu': the fused loss would "
@@ -256,7 +256,7 @@ def build_adversarial_loss(output_size: tuple[int, int] | None) -> Subject:
     def fused(logits: torch.Tensor) -> torch.Tensor:
         return rtda_kernels.adversarial_loss(logits, ADVERSARIAL_LABEL, output_size=size)
 
-    models = {"eager": eager, "compile": _compiled(eager), "fused": fused}
+    models = {"eager": eager, "compile": compiled(eager), "fused": fused}
     return Subject("adversarial_loss", models, output_size=size)
 
 
@@ -275,7 +275,7 @@ def build_discriminator_loss(output_size: tuple[int, int] | None) -> Subject:
             output_size=size,
         )
 
-    models = {"eager": eager, "compile": _compiled(eager), "fused": fused}
+    models = {"eager": eager, "compile": compiled(eager), "fused": fused}
     return Subject("discriminator_loss", models, inputs=2, output_size=size)
 
 

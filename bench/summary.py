@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -50,6 +49,7 @@ from bench.subjects import (
     warm_up,
 )
 from rtda.complexity import timing_allocator
+from rtda.machine import cpu_model
 
 # Default --repeats: a loss pass takes micro- to milliseconds, so many repeats are cheap.
 REPEATS, LOSS_REPEATS = 7, 31
@@ -120,17 +120,6 @@ def _time_ms(case: Case) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def _command() -> str:
     python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else (
         sys.executable
@@ -182,7 +171,7 @@ def _setup(args: argparse.Namespace) -> tuple[str, list[str]]:
 def _footer(malloc: str) -> list[str]:
     return [
         "",
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {_cpu_model()}, {malloc}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_model()}, {malloc}; "
         f"command: `{_command()}`",
     ]
 

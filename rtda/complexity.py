@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import rtda_kernels
 from rtda.cli import add_version
+from rtda.machine import cpu_description
 from rtda.models import BACKBONES, DISCRIMINATORS, build_discriminator, build_segmenter
 
 DISCRIMINATOR_INPUT = (19, 512, 1024)
@@ -139,25 +140,6 @@ def _forward_backward(model: nn.Module, x: torch.Tensor) -> Callable[[], object]
         leaf.grad = None
         model(leaf).sum().backward()
     return step
-
-
-def cpu_description() -> str:
-    """The CPU's model name and its widest vector extension (the fused CPU kernels are built for
-    it with -march=native, so their speed depends on it)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        return name
-    simd = next((f for f in ("avx512f", "avx2", "avx", "neon") if f in flags), None)
-    return f"{name}, {simd.upper()}" if simd else name
 
 
 def _progress(message: str) -> None:
@@ -292,7 +274,7 @@ def build_report(args: argparse.Namespace) -> dict:
             "torch": torch.__version__, "device": str(args.device),
             "threads": torch.get_num_threads(), "cpu": cpu_description(),
             "batch_size": args.batch_size, "repeats": args.repeats,
-            "fused_backend": rtda_kernels.select_backend(args.device),
+            "fused_backend": rtda_kernels.select_backend("dwsep_conv2d", args.device),
             "allocator": allocator,
         },
     }

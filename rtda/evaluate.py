@@ -13,12 +13,11 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -30,18 +29,9 @@ from rtda.data.transforms import PAPER_SIZE, SegmentationTransform, parse_size
 from rtda.devices import resolve_device
 from rtda.metrics import ConfusionMatrix, Scores
 from rtda.models import OUTPUT_STRIDE
+from rtda.predict import predict_full_resolution
 
 EVAL_SUBSETS = (19, 16, 13)
-
-
-def predict_full_resolution(model: torch.nn.Module, images: torch.Tensor,
-                            sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
-    """Train-id maps (int64, HxW) for ``images`` (already at the model's resolution), with the
-    logits of sample i upsampled bilinearly to ``sizes[i]`` before the argmax."""
-    logits = model(images)
-    return [F.interpolate(logits[i:i + 1].float(), size=tuple(size), mode="bilinear",
-                          align_corners=False).argmax(1)[0]
-            for i, size in enumerate(sizes)]
 
 
 def _labels_of(batch: dict) -> list[torch.Tensor]:

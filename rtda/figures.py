@@ -60,7 +60,7 @@ def draw_predictions_figure(models: Sequence[torch.nn.Module], titles: Sequence[
     from matplotlib import pyplot as plt
     from matplotlib.patches import Patch
 
-    from rtda.evaluate import predict_full_resolution
+    from rtda.predict import predict_full_resolution
 
     indices = _rows(dataset, rows)
     cells = []  # per row: [rgb, prediction per model..., ground truth]

@@ -24,13 +24,13 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+import rtda_kernels
 from rtda.checkpoints import load_segmenter
 from rtda.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rtda.devices import resolve_device
 from rtda.models import OUTPUT_STRIDE, BiSeNet
-from rtda.models.bisenet import _resize
+from rtda.models.bisenet import resize_bilinear
 from rtda.models.deployed import DeployedBiSeNet, use_winograd
-from rtda_kernels.ops import winograd_conv3x3 as winograd_ops
 
 PRECISIONS: dict[str, torch.dtype] = {
     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -92,7 +92,7 @@ def prepare_for_inference(model: BiSeNet, precision: str = "float32",
 def winograd_available(device: str | torch.device, dtype: torch.dtype = torch.float32) -> bool:
     """Whether rtda_kernels' Winograd CPU kernel can run a model on ``device`` in ``dtype``."""
     return (torch.device(device).type == "cpu" and dtype == torch.float32
-            and winograd_ops.compiled is not None)
+            and rtda_kernels.has_kernel("winograd_conv3x3", "cpu"))
 
 
 def _dtype(precision: str) -> torch.dtype:
@@ -187,7 +187,7 @@ class Segmenter:
     def _resize_logits(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if tuple(logits.shape[2:]) == tuple(size):
             return logits
-        return _resize(logits, size)
+        return resize_bilinear(logits, size)
 
     def _batch(self, images: Any) -> tuple[torch.Tensor, list[tuple[int, int]], str]:
         """(normalised N x 3 x h x w batch at the model's resolution, original sizes, kind)."""

@@ -8,12 +8,18 @@ For inference on CPU, ``winograd_conv3x3`` runs a 3x3 stride-1 convolution by Wi
 F(4x4, 3x3) (weights from ``winograd_weight``; module ``nn.WinogradConv2d``).
 
 Backends: ``reference`` (plain PyTorch), ``cpu`` (C++), ``triton`` and ``cuda``; see
-``available_backends()`` and ``use_backend()``.
+``available_backends()``, ``has_kernel(op, backend)`` and ``use_backend()``.
 """
 
 from rtda_kernels import _extension  # noqa: F401  (loads the compiled ops first)
 from rtda_kernels import nn, reference
-from rtda_kernels.backends import BACKENDS, available_backends, select_backend, use_backend
+from rtda_kernels.backends import (
+    BACKENDS,
+    available_backends,
+    has_kernel,
+    select_backend,
+    use_backend,
+)
 from rtda_kernels.functional import (
     adversarial_loss,
     discriminator_loss,
@@ -28,6 +34,7 @@ __all__ = [
     "available_backends",
     "discriminator_loss",
     "dwsep_conv2d",
+    "has_kernel",
     "nn",
     "reference",
     "select_backend",

@@ -52,3 +52,12 @@ def has_compiled_kernel(op: str, dispatch_key: str) -> bool:
     if COMPILED_ERROR is not None:
         return False
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"rtda_kernels::{op}", dispatch_key)
+
+
+@functools.cache
+def has_cuda_kernels() -> bool:
+    """Whether the compiled library has CUDA kernels for any of its ops."""
+    if COMPILED_ERROR is not None:
+        return False
+    names = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("rtda_kernels::")]
+    return any(torch._C._dispatch_has_kernel_for_dispatch_key(n, "CUDA") for n in names)

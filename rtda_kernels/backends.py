@@ -1,10 +1,13 @@
-"""Backend selection for the fused ops.
+"""The backends of the fused ops, and the one dispatch path every op goes through.
 
-By default the backend follows the input's device: ``cpu`` (C++) for CPU tensors, ``cuda`` for
-CUDA tensors, falling back to ``triton`` and then to ``reference`` (plain PyTorch) when a compiled
-kernel is missing. ``use_backend(name)`` (a context manager) or the environment variable
-``RTDA_KERNELS_BACKEND`` forces one; forcing a backend that cannot run an input raises an error
-rather than silently running something else.
+Each op declares its kernels in one place (``rtda_kernels/ops/<op>.py``: ``register(op,
+{backend: Kernel})``); the public function validates its arguments and calls ``dispatch``. By
+default the backend follows the input's device: ``cpu`` (C++) for CPU tensors, ``cuda`` for CUDA
+tensors, falling back to ``triton`` and then to ``reference`` (plain PyTorch) when the op has no
+such kernel. ``use_backend(name)`` (a context manager) or the environment variable
+``RTDA_KERNELS_BACKEND`` forces one; forcing a backend that is missing, has no kernel for the op
+or cannot run the input raises rather than silently running something else. See
+docs/adding_an_op.md.
 """
 
 from __future__ import annotations
@@ -13,18 +16,65 @@ import contextlib
 import functools
 import importlib.util
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 from rtda_kernels import _extension
+from rtda_kernels._checks import FLOAT_DTYPES
 
 BACKENDS = ("reference", "cpu", "triton", "cuda")
 ENV_VAR = "RTDA_KERNELS_BACKEND"
 
 # Set by use_backend(). A plain module global (not a ContextVar) so that torch.compile can read it.
 _forced: str | None = None
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One op's implementation on one backend, called with the op's schema arguments (those of
+    csrc/registration.cpp), and the dtypes it computes."""
+
+    run: Callable
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+
+
+def compiled_kernel(op: str, dispatch_key: str,
+                    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES) -> Kernel | None:
+    """``torch.ops.rtda_kernels.<op>`` as the kernel of the backend whose dispatch key is
+    ``dispatch_key`` ("CPU" or "CUDA"), or None when the compiled library has none there."""
+    if not _extension.has_compiled_kernel(op, dispatch_key):
+        return None
+    return Kernel(getattr(torch.ops.rtda_kernels, op), dtypes)
+
+
+# What the Triton kernels compute (no float64: they accumulate in float32).
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# op name -> backend -> Kernel, filled by rtda_kernels/ops/ at import.
+_KERNELS: dict[str, dict[str, Kernel]] = {}
+
+
+def register(op: str, kernels: dict[str, Kernel | None]) -> None:
+    """Declare ``op``'s kernels; a backend mapped to None has none in this install (for example
+    a compiled kernel that was not built)."""
+    _KERNELS[op] = {name: k for name, k in kernels.items() if k is not None}
+    for name in _KERNELS[op]:
+        _check_name(name, f"register({op!r})")
+
+
+def _kernels(op: str) -> dict[str, Kernel]:
+    try:
+        return _KERNELS[op]
+    except KeyError:
+        raise ValueError(f"unknown op {op!r}; the ops are {tuple(_KERNELS)}") from None
+
+
+def has_kernel(op: str, backend: str) -> bool:
+    """Whether ``op`` has a kernel on ``backend`` that this install can run."""
+    return (backend in _kernels(op)
+            and available_backends()[_check_name(backend, "has_kernel")].available)
 
 
 @dataclass(frozen=True)
@@ -57,7 +107,7 @@ def available_backends() -> dict[str, BackendInfo]:
         cpu = BackendInfo("cpu", False, compiled)
     if compiled is not None:
         cuda = BackendInfo("cuda", False, compiled)
-    elif not _extension.has_compiled_kernel("dwsep_conv2d", "CUDA"):
+    elif not _extension.has_cuda_kernels():
         cuda = BackendInfo(
             "cuda", False,
             f"built without CUDA kernels (torch {torch.__version__}, CUDA {torch.version.cuda}); "
@@ -109,22 +159,24 @@ def _supports_device(name: str, device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and _triton_interpreted())
 
 
-def _automatic(device: torch.device) -> str:
+def _automatic(op: str, device: torch.device) -> str:
     """cpu for CPU tensors; cuda, else triton, for CUDA tensors; reference otherwise (or when the
-    compiled library is missing). Kept cheap: it runs on every call of an op."""
-    if device.type == "cpu" and _extension.COMPILED_ERROR is None:
+    op has no such kernel in this install). Kept cheap: it runs on every call of an op."""
+    kernels = _kernels(op)
+    if device.type == "cpu" and "cpu" in kernels:
         return "cpu"
     if device.type == "cuda":
-        if _extension.has_compiled_kernel("dwsep_conv2d", "CUDA"):
+        if "cuda" in kernels:
             return "cuda"
-        if _triton_installed():
+        if "triton" in kernels and _triton_installed():
             return "triton"
     return "reference"
 
 
 @torch.compiler.assume_constant_result
-def select_backend(device: torch.device) -> str:
-    """The backend that runs an op whose inputs live on ``device`` (constant under torch.compile)."""
+def select_backend(op: str, device: torch.device) -> str:
+    """The backend that runs ``op`` on inputs that live on ``device`` (constant under
+    torch.compile)."""
     forced = _forced
     source = "use_backend"
     if forced is None:
@@ -132,12 +184,32 @@ def select_backend(device: torch.device) -> str:
         forced = None if env in ("", "auto") else _check_name(env, ENV_VAR)
         source = ENV_VAR
     if forced is None:
-        return _automatic(device)
+        return _automatic(op, device)
     info = available_backends()[forced]
     if not info.available:
         raise RuntimeError(f"{source} asks for backend {forced!r}, which is missing: {info.detail}")
+    kernels = _kernels(op)
+    if forced not in kernels:
+        raise RuntimeError(
+            f"{source} asks for backend {forced!r}, which has no {op} kernel ({op} runs on: "
+            f"{', '.join(kernels)})"
+        )
     if not _supports_device(forced, device):
         raise RuntimeError(
             f"{source} asks for backend {forced!r}, which cannot run tensors on {device}"
         )
     return forced
+
+
+def dispatch(op: str, device: torch.device, dtype: torch.dtype, dtype_of: str, *args):
+    """Run ``op``'s kernel on the selected backend with its schema arguments ``args``;
+    ``dtype_of`` names the argument whose ``dtype`` it is, for the error."""
+    backend = select_backend(op, device)
+    kernel = _KERNELS[op][backend]
+    if dtype not in kernel.dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in kernel.dtypes)
+        raise TypeError(
+            f"{dtype_of} has dtype {dtype}, which the {backend!r} backend does not support for "
+            f"{op} (supported: {names}); the 'reference' backend takes any float dtype"
+        )
+    return kernel.run(*args)

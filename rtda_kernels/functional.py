@@ -9,26 +9,10 @@ from collections.abc import Sequence
 import torch
 
 from rtda_kernels import _checks, reference
-from rtda_kernels.backends import select_backend
-from rtda_kernels.ops import adversarial_loss as _loss_ops
-from rtda_kernels.ops import dwsep_conv2d as _dwsep_ops
-from rtda_kernels.ops import winograd_conv3x3 as _winograd_ops
-
-# dtypes each backend computes (accumulating in float32, or float64 for float64).
-_DTYPES = {
-    "reference": _checks.FLOAT_DTYPES,
-    "cpu": _checks.FLOAT_DTYPES,
-    "cuda": _checks.FLOAT_DTYPES,
-    "triton": (torch.float16, torch.bfloat16, torch.float32),
-}
-
-
-def _check_backend_dtype(backend: str, dtype: torch.dtype, name: str = "x") -> None:
-    if dtype not in _DTYPES[backend]:
-        raise TypeError(
-            f"{name} has dtype {dtype}, which the {backend!r} backend does not support "
-            f"(supported: {_DTYPES[backend]})"
-        )
+from rtda_kernels.backends import dispatch
+from rtda_kernels.ops import adversarial_loss as _loss_ops  # noqa: F401  (registers the kernels)
+from rtda_kernels.ops import dwsep_conv2d as _dwsep_ops  # noqa: F401
+from rtda_kernels.ops import winograd_conv3x3 as _winograd_ops  # noqa: F401
 
 
 def _check_dwsep_args(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, negative_slope):
@@ -83,22 +67,11 @@ def dwsep_conv2d(
     """
     _check_dwsep_args(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, negative_slope)
     slope = None if negative_slope is None else float(negative_slope)
-    backend = select_backend(x.device)
-    _check_backend_dtype(backend, x.dtype)
-    if backend == "reference":
-        return reference.dwsep_conv2d(
-            x, dw_weight, dw_bias, pw_weight, pw_bias,
-            stride=stride, padding=padding, negative_slope=slope,
-        )
-    op = _dwsep_ops.triton_forward if backend == "triton" else _dwsep_ops.compiled_forward
-    return op(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, slope)
+    return dispatch("dwsep_conv2d", x.device, x.dtype, "x",
+                    x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, slope)
 
 
-_REDUCTIONS = {
-    "none": _loss_ops.REDUCE_NONE,
-    "mean": _loss_ops.REDUCE_MEAN,
-    "sum": _loss_ops.REDUCE_SUM,
-}
+_REDUCTIONS = _loss_ops.REDUCTIONS
 
 
 def _check_logits(name: str, logits: object) -> torch.Tensor:
@@ -125,16 +98,6 @@ def _check_label(name: str, value: object) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return float(value)
-
-
-def _loss_op(backend: str, which: int, needs_grad: bool):
-    """The loss (which=0) or discriminator (1) op of a compiled backend: the custom op itself
-    under torch.compile or without autograd, else its lean eager autograd.Function."""
-    if needs_grad and not torch.compiler.is_compiling():
-        return (_loss_ops.triton_eager if backend == "triton" else _loss_ops.compiled_eager)[which]
-    if backend == "triton":
-        return (_loss_ops.triton_loss, _loss_ops.triton_discriminator)[which]
-    return (_loss_ops.compiled_loss, _loss_ops.compiled_discriminator)[which]
 
 
 def adversarial_loss(
@@ -170,17 +133,11 @@ def adversarial_loss(
         target_tensor, value = target, 0.0
     else:
         target_tensor, value = None, _check_label("target", target)
-    backend = select_backend(logits.device)
-    _check_backend_dtype(backend, logits.dtype, "logits")
-    if backend == "reference":
-        return reference.adversarial_loss(
-            logits, target, output_size=size, reduction=reduction
-        )
     code = _REDUCTIONS[reduction]
-    needs_grad = torch.is_grad_enabled() and logits.requires_grad
-    compute_grad = needs_grad and code != _loss_ops.REDUCE_NONE
-    op = _loss_op(backend, 0, needs_grad)
-    loss, _ = op(logits, target_tensor, value, size, code, compute_grad)
+    compute_grad = (torch.is_grad_enabled() and logits.requires_grad
+                    and code != _loss_ops.REDUCE_NONE)
+    loss, _ = dispatch("adversarial_loss", logits.device, logits.dtype, "logits",
+                       logits, target_tensor, value, size, code, compute_grad)
     return loss
 
 
@@ -207,16 +164,9 @@ def discriminator_loss(
     size = _check_output_size(output_size, d_source)
     source_value = _check_label("source_label", source_label)
     target_value = _check_label("target_label", target_label)
-    backend = select_backend(d_source.device)
-    _check_backend_dtype(backend, d_source.dtype, "d_source")
-    if backend == "reference":
-        return reference.discriminator_loss(
-            d_source, d_target, source_label=source_value, target_label=target_value,
-            output_size=size,
-        )
     compute_grad = torch.is_grad_enabled() and (d_source.requires_grad or d_target.requires_grad)
-    op = _loss_op(backend, 1, compute_grad)
-    loss, _, _ = op(d_source, d_target, source_value, target_value, size, compute_grad)
+    loss, _, _ = dispatch("discriminator_loss", d_source.device, d_source.dtype, "d_source",
+                          d_source, d_target, source_value, target_value, size, compute_grad)
     return loss
 
 
@@ -274,10 +224,5 @@ def winograd_conv3x3(
             "winograd_conv3x3 is inference-only (no backward): call it under torch.no_grad() or "
             "torch.inference_mode(), with inputs that do not require grad"
         )
-    backend = select_backend(x.device)
-    if backend == "cpu" and _winograd_ops.compiled is not None:
-        if x.dtype != torch.float32:
-            raise TypeError(f"x has dtype {x.dtype}; the cpu backend's winograd_conv3x3 "
-                            "computes float32 only (the reference backend takes any float dtype)")
-        return _winograd_ops.compiled(x, weight, weight_winograd, bias, residual, relu)
-    return reference.winograd_conv3x3(x, weight, weight_winograd, bias, residual, relu)
+    return dispatch("winograd_conv3x3", x.device, x.dtype, "x",
+                    x, weight, weight_winograd, bias, residual, relu)

@@ -67,38 +67,14 @@
 #include <rtda/adversarial_math.h>
 
 #include "adversarial_loss_launch.cuh"
+#include "torch_launch.cuh"
 
 namespace {
 
-namespace adv = rtda_cuda::adv;
+namespace adv = rtda::cuda::adv;
 
-// Launcher policy of adv::launch_loss: a real launch on the current stream, checked.
-struct StreamLauncher {
-  cudaStream_t stream;
-
-  template <typename... Params, typename... Args>
-  void operator()(dim3 grid, int block, void (*kernel)(Params...), const Args&... args) const {
-    kernel<<<grid, block, 0, stream>>>(args...);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-};
-
-// Allocator policy of adv::launch_loss: temporaries as device tensors, alive as long as this
-// object (the caching allocator makes freeing them after the launches are enqueued safe).
-class DeviceAllocator {
- public:
-  explicit DeviceAllocator(const at::TensorOptions& options) : options_(options) {}
-
-  template <typename T>
-  T* allocate(int64_t numel) {
-    buffers_.push_back(at::empty({numel}, options_.dtype(c10::CppTypeToScalarType<T>::value)));
-    return buffers_.back().mutable_data_ptr<T>();
-  }
-
- private:
-  at::TensorOptions options_;
-  std::vector<at::Tensor> buffers_;
-};
+using rtda::cuda::DeviceAllocator;
+using rtda::cuda::StreamLauncher;
 
 // A 4-d non-empty CUDA map of `like`'s device and dtype (`like` itself for the first one).
 void check_map(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name) {

@@ -16,7 +16,7 @@
 
 #include <rtda/adversarial_math.h>
 
-namespace rtda_cuda {
+namespace rtda::cuda {
 namespace adv {
 
 // Kernel A (resize_bce_rows_kernel) runs blocks of kMinRowThreads .. kMaxRowThreads threads (the
@@ -328,4 +328,4 @@ __global__ void __launch_bounds__(kFinishThreads)
 }
 
 }  // namespace adv
-}  // namespace rtda_cuda
+}  // namespace rtda::cuda

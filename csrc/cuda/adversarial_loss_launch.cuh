@@ -24,7 +24,7 @@
 
 #include "adversarial_loss_kernels.cuh"
 
-namespace rtda_cuda {
+namespace rtda::cuda {
 namespace adv {
 
 // Kernel A aims at this many blocks per map (more output rows per block beyond it): enough to fill
@@ -202,4 +202,4 @@ void launch_loss(const LossPlan& plan, const LossTensors<scalar_t>& t, Launcher&
 }
 
 }  // namespace adv
-}  // namespace rtda_cuda
+}  // namespace rtda::cuda

@@ -52,38 +52,13 @@
 #include <rtda/dwsep_math.h>
 
 #include "dwsep_conv2d_launch.cuh"
+#include "torch_launch.cuh"
 
 namespace {
 
-using rtda_cuda::Geometry;
-
-// Launcher policy of rtda_cuda::launch_*: a real launch on the current stream, checked.
-struct StreamLauncher {
-  cudaStream_t stream;
-
-  template <typename... Params, typename... Args>
-  void operator()(dim3 grid, int block, void (*kernel)(Params...), const Args&... args) const {
-    kernel<<<grid, block, 0, stream>>>(args...);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
-};
-
-// Allocator policy of rtda_cuda::launch_*: temporaries as device tensors, alive as long as this
-// object (the caching allocator makes freeing them after the launches are enqueued safe).
-class DeviceAllocator {
- public:
-  explicit DeviceAllocator(const at::TensorOptions& options) : options_(options) {}
-
-  template <typename T>
-  T* allocate(int64_t numel) {
-    buffers_.push_back(at::empty({numel}, options_.dtype(c10::CppTypeToScalarType<T>::value)));
-    return buffers_.back().mutable_data_ptr<T>();
-  }
-
- private:
-  at::TensorOptions options_;
-  std::vector<at::Tensor> buffers_;
-};
+using rtda::cuda::DeviceAllocator;
+using rtda::cuda::Geometry;
+using rtda::cuda::StreamLauncher;
 
 void check_tensor(const at::Tensor& t, const at::Tensor& x, const char* name) {
   TORCH_CHECK(t.is_cuda(), "dwsep_conv2d (CUDA): ", name, " must be a CUDA tensor");
@@ -117,8 +92,8 @@ Geometry make_geometry(const at::Tensor& x, const at::Tensor& dw_weight,
   TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(0) == x.size(1) && dw_weight.size(1) == 1 &&
                   dw_weight.size(2) == dw_weight.size(3),
               "dwsep_conv2d (CUDA): dw_weight must be C_in x 1 x k x k");
-  TORCH_CHECK(dw_weight.size(2) >= 1 && dw_weight.size(2) <= rtda_cuda::kMaxKernel,
-              "dwsep_conv2d (CUDA): kernel size must be in [1, ", rtda_cuda::kMaxKernel, "]");
+  TORCH_CHECK(dw_weight.size(2) >= 1 && dw_weight.size(2) <= rtda::cuda::kMaxKernel,
+              "dwsep_conv2d (CUDA): kernel size must be in [1, ", rtda::cuda::kMaxKernel, "]");
   TORCH_CHECK(pw_weight.dim() == 4 && pw_weight.size(1) == x.size(1) && pw_weight.size(2) == 1 &&
                   pw_weight.size(3) == 1,
               "dwsep_conv2d (CUDA): pw_weight must be C_out x C_in x 1 x 1");
@@ -159,7 +134,7 @@ at::Tensor dwsep_conv2d_cuda(const at::Tensor& x_in, const at::Tensor& dw_weight
   check_bias(pw_bias, g.c_out, "pw_bias");
   const rtda::Activation act = rtda::activation_of(negative_slope);
 
-  const rtda_cuda::ForwardPlan plan = rtda_cuda::plan_forward(g);
+  const rtda::cuda::ForwardPlan plan = rtda::cuda::plan_forward(g);
   TORCH_CHECK(plan.fits, "dwsep_conv2d (CUDA): problem too large for the launch grid");
 
   at::Tensor y = at::empty({g.n, g.c_out, g.out_height, g.out_width}, x.options());
@@ -167,14 +142,14 @@ at::Tensor dwsep_conv2d_cuda(const at::Tensor& x_in, const at::Tensor& dw_weight
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "dwsep_conv2d_cuda",
                                   [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const rtda_cuda::ForwardTensors<scalar_t> tensors{
+    const rtda::cuda::ForwardTensors<scalar_t> tensors{
         x.const_data_ptr<scalar_t>(),
         dw_weight.const_data_ptr<scalar_t>(),
         optional_ptr<scalar_t>(dw_bias),
         pw_weight.const_data_ptr<scalar_t>(),
         optional_ptr<scalar_t>(pw_bias),
         y.mutable_data_ptr<scalar_t>()};
-    rtda_cuda::launch_forward<scalar_t, acc_t>(plan, g, act, tensors, launcher);
+    rtda::cuda::launch_forward<scalar_t, acc_t>(plan, g, act, tensors, launcher);
   });
   return y;
 }
@@ -204,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwsep_con
   TORCH_CHECK(grad_y.sizes() == at::IntArrayRef(out_shape) && y.sizes() == grad_y.sizes(),
               "dwsep_conv2d_backward (CUDA): grad_y and y must be N x C_out x Ho x Wo");
 
-  const rtda_cuda::BackwardPlan plan = rtda_cuda::plan_backward(g);
+  const rtda::cuda::BackwardPlan plan = rtda::cuda::plan_backward(g);
   TORCH_CHECK(plan.fits, "dwsep_conv2d_backward (CUDA): problem too large for the launch grid");
 
   at::Tensor grad_x = at::empty(x.sizes(), x.options());
@@ -217,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwsep_con
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(),
                                   "dwsep_conv2d_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const rtda_cuda::BackwardTensors<scalar_t> tensors{
+    const rtda::cuda::BackwardTensors<scalar_t> tensors{
         grad_y.const_data_ptr<scalar_t>(),
         x.const_data_ptr<scalar_t>(),
         y.const_data_ptr<scalar_t>(),
@@ -229,7 +204,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dwsep_con
         grad_dw_bias.mutable_data_ptr<scalar_t>(),
         grad_pw_weight.mutable_data_ptr<scalar_t>(),
         grad_pw_bias.mutable_data_ptr<scalar_t>()};
-    rtda_cuda::launch_backward<scalar_t, acc_t>(plan, g, act, tensors, launcher, temporaries);
+    rtda::cuda::launch_backward<scalar_t, acc_t>(plan, g, act, tensors, launcher, temporaries);
   });
   return {grad_x, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias};
 }

@@ -13,7 +13,7 @@
 
 #include <rtda/dwsep_math.h>
 
-namespace rtda_cuda {
+namespace rtda::cuda {
 
 // Channel-mixing tiles (forward, grad of d, grad of pw_weight): 256 threads as 16 x 16, each
 // thread owns kSub x kSub outputs of a kTile x kTile tile; the reduction runs in chunks of kChunk
@@ -308,4 +308,4 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-}  // namespace rtda_cuda
+}  // namespace rtda::cuda

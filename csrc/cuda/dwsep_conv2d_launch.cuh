@@ -25,7 +25,7 @@
 
 #include "dwsep_conv2d_kernels.cuh"
 
-namespace rtda_cuda {
+namespace rtda::cuda {
 
 // Target block counts when splitting the (n, pixel) reductions of backward (c) and (d).
 constexpr int64_t kDwTargetBlocks = 1024;
@@ -196,4 +196,4 @@ void launch_backward(const BackwardPlan& plan, const Geometry& g, const rtda::Ac
          plan.pw_split.splits, g.c_out, plan.pw_row_len, t.grad_pw_weight, t.grad_pw_bias);
 }
 
-}  // namespace rtda_cuda
+}  // namespace rtda::cuda

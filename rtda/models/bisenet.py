@@ -71,7 +71,8 @@ class FeatureFusionModule(nn.Module):
         return features * attention + features
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+def resize_bilinear(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """``x`` resized to ``size`` as every BiSeNet output is: bilinear, align_corners=False."""
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
@@ -129,10 +130,11 @@ class BiSeNet(nn.Module):
         tail = stride32.mean((2, 3), keepdim=True)
         context16 = self.arm16(stride16)
         context32 = self.arm32(stride32) * tail
-        context = torch.cat(
-            (_resize(context16, spatial.shape[2:]), _resize(context32, spatial.shape[2:])), dim=1
-        )
-        main = _resize(self.classifier(self.ffm(spatial, context)), size)
+        grid = spatial.shape[2:]
+        context = torch.cat((resize_bilinear(context16, grid), resize_bilinear(context32, grid)),
+                            dim=1)
+        main = resize_bilinear(self.classifier(self.ffm(spatial, context)), size)
         if not self.training:
             return main
-        return main, _resize(self.aux16(context16), size), _resize(self.aux32(context32), size)
+        return (main, resize_bilinear(self.aux16(context16), size),
+                resize_bilinear(self.aux32(context32), size))

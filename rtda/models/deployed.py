@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtda.models.bisenet import BiSeNet, _resize
+from rtda.models.bisenet import BiSeNet, resize_bilinear
 from rtda.models.resnet import BasicBlock
 from rtda_kernels.nn import WinogradConv2d
 
@@ -78,11 +78,12 @@ class DeployedBiSeNet(nn.Module):
         context16 = self.arm16(stride16)
         context32 = self.arm32(stride32) * stride32.mean((2, 3), keepdim=True)
         grid = spatial.shape[2:]
-        taps = _resize(self.taps16(context16), grid) + _resize(self.taps32(context32), grid)
+        taps = (resize_bilinear(self.taps16(context16), grid)
+                + resize_bilinear(self.taps32(context32), grid))
         features = F.relu(self.fusion_spatial(spatial) + self.tap_sum(taps))
         pooled = features.mean((2, 3), keepdim=True)
         attention = torch.sigmoid(self.attention2(F.relu(self.attention1(pooled))))
-        return _resize(self.classifier(features * attention + features), size)
+        return resize_bilinear(self.classifier(features * attention + features), size)
 
 
 class WinogradBasicBlock(nn.Module):

@@ -8,7 +8,7 @@ from rtda_kernels.nn.fusion import (
     fuse_dwsep,
     fuse_modules,
 )
-from rtda_kernels.nn.winograd_conv2d import WinogradConv2d
+from rtda_kernels.nn.winograd_conv3x3 import WinogradConv2d
 
 __all__ = [
     "DepthwiseSeparableConv2d",

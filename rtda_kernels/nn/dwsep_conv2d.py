@@ -78,12 +78,3 @@ class DepthwiseSeparableConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}, fused={self.fused}"
-
-
-def __getattr__(name: str):
-    # ``fuse_modules`` moved to rtda_kernels.nn.fusion (deprecated there in favour of fuse_dwsep).
-    if name == "fuse_modules":
-        from rtda_kernels.nn.fusion import fuse_modules
-
-        return fuse_modules
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""Registration of the pixel-wise adversarial losses with torch.library.
+"""The pixel-wise adversarial losses' kernels (reference, cpu, cuda, triton) and their
+registration with torch.library.
 
 The compiled ops ``rtda_kernels::adversarial_loss``, ``::adversarial_loss_backward`` and
 ``::discriminator_loss`` (schemas and their contract in csrc/registration.cpp) get fake kernels
@@ -19,9 +20,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from rtda_kernels import _extension
+from rtda_kernels import _extension, reference
+from rtda_kernels.backends import TRITON_DTYPES, Kernel, compiled_kernel, register
 
-REDUCE_NONE, REDUCE_MEAN, REDUCE_SUM = 0, 1, 2
+REDUCE_NONE, REDUCE_MEAN, REDUCE_SUM = 0, 1, 2  # at::Reduction's numbering, as the schemas use
+REDUCTIONS = {"none": REDUCE_NONE, "mean": REDUCE_MEAN, "sum": REDUCE_SUM}
 
 
 def _fake_loss(logits, target, target_value, output_size, reduction, compute_grad):
@@ -91,30 +94,10 @@ def _discriminator_backward(discriminator_op: Callable) -> Callable:
     return backward
 
 
-def _eager_autograd(op: Callable, setup_context: Callable, backward: Callable) -> Callable:
-    """``op`` with the autograd registered for it, as a plain autograd.Function.
-
-    The generic wrapper torch.library builds from register_autograd costs tens of microseconds
-    per call in Python, as much as the whole kernel for a discriminator map of the Light&Thin
-    size; this one runs the same setup_context and backward with less machinery. Used outside
-    torch.compile only (compiled graphs go through the registered autograd)."""
-
-    class Function(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *args):
-            output = op(*args)
-            setup_context(ctx, args, output)
-            return output
-
-    Function.backward = staticmethod(backward)
-    return Function.apply
-
-
 def _register(
     loss: str, loss_backward: str, discriminator: str, ops: tuple[Callable, Callable, Callable]
-) -> tuple[Callable, Callable]:
-    """Fake kernels and autograd for one backend's ops; returns the eager autograd versions of
-    the loss and discriminator ops."""
+) -> None:
+    """Fake kernels and autograd for one backend's ops."""
     loss_op, backward_op, discriminator_op = ops
     torch.library.register_fake(loss)(_fake_loss)
     torch.library.register_fake(loss_backward)(_fake_loss_backward)
@@ -125,23 +108,15 @@ def _register(
     torch.library.register_autograd(
         discriminator, discriminator_grad, setup_context=_setup_discriminator
     )
-    return (
-        _eager_autograd(loss_op, _setup_loss, loss_grad),
-        _eager_autograd(discriminator_op, _setup_discriminator, discriminator_grad),
-    )
 
 
-compiled_loss: Callable | None = None
-compiled_discriminator: Callable | None = None
-compiled_eager: tuple[Callable, Callable] | None = None
 if _extension.COMPILED_ERROR is None:
-    compiled_loss = torch.ops.rtda_kernels.adversarial_loss
-    compiled_discriminator = torch.ops.rtda_kernels.discriminator_loss
-    compiled_eager = _register(
+    _register(
         "rtda_kernels::adversarial_loss",
         "rtda_kernels::adversarial_loss_backward",
         "rtda_kernels::discriminator_loss",
-        (compiled_loss, torch.ops.rtda_kernels.adversarial_loss_backward, compiled_discriminator),
+        (torch.ops.rtda_kernels.adversarial_loss, torch.ops.rtda_kernels.adversarial_loss_backward,
+         torch.ops.rtda_kernels.discriminator_loss),
     )
 
 
@@ -190,9 +165,37 @@ def triton_discriminator(
     )
 
 
-triton_eager = _register(
+_register(
     "rtda_kernels::adversarial_loss_triton",
     "rtda_kernels::adversarial_loss_triton_backward",
     "rtda_kernels::discriminator_loss_triton",
     (triton_loss, triton_loss_backward, triton_discriminator),
 )
+
+
+def _reference_loss(logits, target, target_value, output_size, reduction, compute_grad):
+    name = next(name for name, code in REDUCTIONS.items() if code == reduction)
+    loss = reference.adversarial_loss(logits, target_value if target is None else target,
+                                      output_size=output_size, reduction=name)
+    return loss, logits.new_empty((0,))
+
+
+def _reference_discriminator(d_source, d_target, source_label, target_label, output_size,
+                             compute_grad):
+    loss = reference.discriminator_loss(d_source, d_target, source_label=source_label,
+                                        target_label=target_label, output_size=output_size)
+    return loss, d_source.new_empty((0,)), d_target.new_empty((0,))
+
+
+register("adversarial_loss", {
+    "reference": Kernel(_reference_loss),
+    "cpu": compiled_kernel("adversarial_loss", "CPU"),
+    "cuda": compiled_kernel("adversarial_loss", "CUDA"),
+    "triton": Kernel(triton_loss, TRITON_DTYPES),
+})
+register("discriminator_loss", {
+    "reference": Kernel(_reference_discriminator),
+    "cpu": compiled_kernel("discriminator_loss", "CPU"),
+    "cuda": compiled_kernel("discriminator_loss", "CUDA"),
+    "triton": Kernel(triton_discriminator, TRITON_DTYPES),
+})

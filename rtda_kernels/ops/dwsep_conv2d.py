@@ -1,4 +1,5 @@
-"""Registration of ``dwsep_conv2d`` with torch.library.
+"""``dwsep_conv2d``'s kernels (reference, cpu, cuda, triton) and its registration with
+torch.library.
 
 The compiled ops (``rtda_kernels::dwsep_conv2d`` and its backward, schemas in
 csrc/registration.cpp) get fake kernels and autograd here. The Triton kernels become the custom
@@ -16,7 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from rtda_kernels import _extension
+from rtda_kernels import _extension, reference
+from rtda_kernels.backends import TRITON_DTYPES, Kernel, compiled_kernel, register
 
 
 def _output_shape(x_shape, dw_shape, pw_shape, stride: int, padding: int) -> tuple[int, ...]:
@@ -100,9 +102,7 @@ def _register(forward: str, backward: str, backward_op: Callable) -> None:
     register_flop_formula(getattr(getattr(torch.ops, namespace), name))(_flop_formula_backward)
 
 
-compiled_forward: Callable | None = None
 if _extension.COMPILED_ERROR is None:
-    compiled_forward = torch.ops.rtda_kernels.dwsep_conv2d
     _register(
         "rtda_kernels::dwsep_conv2d",
         "rtda_kernels::dwsep_conv2d_backward",
@@ -150,3 +150,16 @@ def triton_backward(
 _register(
     "rtda_kernels::dwsep_conv2d_triton", "rtda_kernels::dwsep_conv2d_triton_backward", triton_backward
 )
+
+
+def _reference(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, negative_slope):
+    return reference.dwsep_conv2d(x, dw_weight, dw_bias, pw_weight, pw_bias, stride=stride,
+                                  padding=padding, negative_slope=negative_slope)
+
+
+register("dwsep_conv2d", {
+    "reference": Kernel(_reference),
+    "cpu": compiled_kernel("dwsep_conv2d", "CPU"),
+    "cuda": compiled_kernel("dwsep_conv2d", "CUDA"),
+    "triton": Kernel(triton_forward, TRITON_DTYPES),
+})

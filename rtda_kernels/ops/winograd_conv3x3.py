@@ -1,4 +1,4 @@
-"""Registration of ``winograd_conv3x3`` with torch.library: its fake kernel and FLOP formula.
+"""``winograd_conv3x3``'s kernels (reference, cpu) and its fake kernel and FLOP formula.
 
 The op (schema in csrc/registration.cpp, CPU kernel in csrc/cpu/winograd_conv3x3_cpu.cpp) is for
 inference only, so it has no autograd formula: ``rtda_kernels.winograd_conv3x3`` refuses inputs
@@ -7,12 +7,11 @@ that require grad.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from rtda_kernels import _extension
+from rtda_kernels import _extension, reference
+from rtda_kernels.backends import Kernel, compiled_kernel, register
 
 
 def _fake(x, weight, weight_winograd, bias, residual, relu):
@@ -30,8 +29,11 @@ def _flops(x_shape, weight_shape, weight_winograd_shape, bias_shape, residual_sh
     return 2 * n * height * width * c_in * weight_shape[0] * 9
 
 
-compiled: Callable | None = None
 if _extension.has_compiled_kernel("winograd_conv3x3", "CPU"):
-    compiled = torch.ops.rtda_kernels.winograd_conv3x3
     torch.library.register_fake("rtda_kernels::winograd_conv3x3")(_fake)
     register_flop_formula(torch.ops.rtda_kernels.winograd_conv3x3)(_flops)
+
+register("winograd_conv3x3", {
+    "reference": Kernel(reference.winograd_conv3x3),
+    "cpu": compiled_kernel("winograd_conv3x3", "CPU", (torch.float32,)),
+})

@@ -21,6 +21,7 @@
 // Build: g++ -std=c++20 -O1 -pthread -shared -fPIC -I csrc/include -I csrc/cuda
 //        adversarial_driver.cpp
 #include "emu.h"  // first: defines the CUDA keywords the kernels use
+#include "driver_policies.h"
 
 #include <cmath>
 #include <cstdint>
@@ -38,9 +39,12 @@
 
 namespace {
 
-namespace adv = rtda_cuda::adv;
+using emu_driver::EmulatedLauncher;
+using emu_driver::g_last_error;
+using emu_driver::guarded;
+using emu_driver::VectorAllocator;
 
-std::string g_last_error;
+namespace adv = rtda::cuda::adv;
 
 // bfloat16 on the host: the upper half of a float, rounded to nearest even from float (as
 // c10::BFloat16 does); NaN stays NaN.
@@ -65,44 +69,7 @@ struct HostBFloat16 {
   }
 };
 
-// Launcher policy: an emulated launch, finished when it returns.
-struct EmulatedLauncher {
-  template <typename... Params, typename... Args>
-  void operator()(dim3 grid, int block, void (*kernel)(Params...), const Args&... args) const {
-    emu_launch(grid, static_cast<unsigned>(block), [&] { kernel(args...); });
-  }
-};
 
-// Allocator policy: temporaries in std::vectors, filled with NaN so that an element a kernel
-// should have written before reading it poisons the results.
-class VectorAllocator {
- public:
-  template <typename T>
-  T* allocate(int64_t numel) {
-    auto buffer = std::make_shared<std::vector<T>>(static_cast<size_t>(numel),
-                                                   std::numeric_limits<T>::quiet_NaN());
-    buffers_.push_back(buffer);
-    return buffer->data();
-  }
-
- private:
-  std::vector<std::shared_ptr<void>> buffers_;
-};
-
-// Runs f(), turning an exception into -1 and adv_emu_last_error().
-template <typename F>
-int guarded(const F& f) {
-  g_last_error.clear();
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    g_last_error = e.what();
-  } catch (...) {
-    g_last_error = "unknown exception";
-  }
-  return -1;
-}
 
 adv::MapShape map_shape(const int64_t* s) {  // {N, C, h, w}
   if (s[0] <= 0 || s[1] <= 0 || s[2] <= 0 || s[3] <= 0) throw std::invalid_argument("empty map");

@@ -1,6 +1,6 @@
 // CPU emulation of the CUDA execution model, just enough to run the kernels of csrc/cuda/ with a
 // host C++20 compiler and no GPU (tests/kernels/test_dwsep_conv2d_cuda_emulated.py builds
-// driver.cpp with it and compares the results with the PyTorch reference).
+// dwsep_driver.cpp with it and compares the results with the PyTorch reference).
 //
 // What it models:
 //   * a launch: gridDim / blockDim, and every block of the grid run in turn (one block at a time,

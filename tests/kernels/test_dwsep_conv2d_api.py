@@ -1,5 +1,5 @@
-"""dwsep_conv2d's public surface: bad input on every backend, backend selection, the drop-in
-module and fuse_dwsep."""
+"""dwsep_conv2d's public surface: bad input on every backend, the drop-in module and
+fuse_dwsep (backend selection: test_backends.py)."""
 
 from __future__ import annotations
 
@@ -72,47 +72,6 @@ def test_tensors_on_different_devices_are_rejected():
     args["pw_bias"] = args["pw_bias"].to("meta")
     with pytest.raises(ValueError, match="pw_bias is on meta"):
         call(args)
-
-
-def test_available_backends_says_why_one_is_missing():
-    infos = rtda_kernels.available_backends()
-    assert set(infos) == set(rtda_kernels.BACKENDS)
-    assert infos["reference"].available and infos["cpu"].available
-    for info in infos.values():
-        assert info.detail and str(info).startswith(info.name)
-    if not torch.cuda.is_available():
-        assert not infos["cuda"].available and "CUDA" in infos["cuda"].detail
-
-
-def test_automatic_backend_follows_the_device(monkeypatch):
-    monkeypatch.delenv("RTDA_KERNELS_BACKEND", raising=False)
-    assert rtda_kernels.select_backend(torch.device("cpu")) == "cpu"
-    assert rtda_kernels.select_backend(torch.device("meta")) == "reference"
-
-
-def test_use_backend_and_environment_variable(monkeypatch):
-    monkeypatch.setenv("RTDA_KERNELS_BACKEND", "reference")
-    assert rtda_kernels.select_backend(torch.device("cpu")) == "reference"
-    with rtda_kernels.use_backend("cpu"):  # the context manager wins over the variable
-        assert rtda_kernels.select_backend(torch.device("cpu")) == "cpu"
-        with rtda_kernels.use_backend("auto"):
-            monkeypatch.delenv("RTDA_KERNELS_BACKEND")
-            assert rtda_kernels.select_backend(torch.device("cpu")) == "cpu"
-    monkeypatch.setenv("RTDA_KERNELS_BACKEND", "fastest")
-    with pytest.raises(ValueError, match="RTDA_KERNELS_BACKEND.*'fastest'"):
-        rtda_kernels.select_backend(torch.device("cpu"))
-    with pytest.raises(ValueError, match="unknown backend"):
-        with rtda_kernels.use_backend("gpu"):
-            pass
-
-
-def test_forcing_a_backend_that_cannot_run_the_input_fails(monkeypatch):
-    monkeypatch.delenv("RTDA_KERNELS_BACKEND", raising=False)
-    with rtda_kernels.use_backend("cpu"), pytest.raises(RuntimeError, match="cannot run tensors on meta"):
-        rtda_kernels.select_backend(torch.device("meta"))
-    if not torch.cuda.is_available():
-        with rtda_kernels.use_backend("cuda"), pytest.raises(RuntimeError, match="missing"):
-            call(good_args())
 
 
 def test_triton_backend_rejects_float64():

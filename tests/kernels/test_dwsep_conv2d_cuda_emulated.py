@@ -12,38 +12,14 @@ The emulation is slow (every CUDA thread is an OS thread), so the shapes are tin
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
 from . import dwsep_reference
-from .helpers import EMULATION_CXXFLAGS, assert_close
-
-REPO = Path(__file__).resolve().parents[2]
-DRIVER = REPO / "tests" / "cuda_emulation" / "driver.cpp"
-CXXFLAGS = EMULATION_CXXFLAGS
-INCLUDES = ["-I", str(REPO / "csrc" / "include"), "-I", str(REPO / "csrc" / "cuda")]
-
-# What the driver needs from the toolchain, and nothing from this repository: if this does not
-# build, the machine cannot run the test (skip); if it builds but driver.cpp does not, the code is
-# wrong (fail).
-TOOLCHAIN_PROBE = """
-#include <barrier>
-#include <optional>
-#include <thread>
-extern "C" int probe() {
-  std::optional<std::barrier<>> b;
-  b.emplace(2);
-  std::thread t([&] { b->arrive_and_wait(); });
-  b->arrive_and_wait();
-  t.join();
-  return 1;
-}
-"""
+from .emulation import Build, build_driver
+from .emulation import pointer as _ptr
+from .helpers import assert_close
 
 # (N, C_in, C_out, H, W, k, stride, padding, negative_slope, biases)
 CASES = [
@@ -65,44 +41,13 @@ DTYPES = [torch.float32, torch.float64]
 SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
-@dataclass
-class Build:
-    lib: ctypes.CDLL | None
-    error: str | None  # the compiler's output when driver.cpp does not compile
-
-
-def _compile(cxx: str, source: Path, output: Path, includes: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [cxx, *CXXFLAGS, *includes, str(source), "-o", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @pytest.fixture(scope="module")
 def emulation(tmp_path_factory) -> Build:
-    """driver.cpp built once into a shared library and loaded; skips when the toolchain can't."""
-    cxx = shutil.which("g++")
-    if cxx is None:
-        pytest.skip("g++ not found on PATH: cannot build the CUDA emulation")
-    build_dir = tmp_path_factory.mktemp("cuda_emulation")
-    probe_src = build_dir / "probe.cpp"
-    probe_src.write_text(TOOLCHAIN_PROBE)
-    try:
-        probe = _compile(cxx, probe_src, build_dir / "libprobe.so", [])
-    except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"g++ could not be run: {e}")
-    if probe.returncode != 0:
-        pytest.skip(
-            "g++ cannot build a C++20 shared library using <barrier> and threads "
-            f"({' '.join(CXXFLAGS)}):\n{probe.stderr[-2000:]}"
-        )
-    library = build_dir / "libdwsep_emu.so"
-    result = _compile(cxx, DRIVER, library, INCLUDES)
-    if result.returncode != 0:
-        return Build(None, result.stderr[-6000:] or result.stdout[-6000:])
-    lib = ctypes.CDLL(str(library))
+    """dwsep_driver.cpp built once into a shared library and loaded; skips when the toolchain can't."""
+    build = build_driver(tmp_path_factory, "dwsep_driver")
+    if build.lib is None:
+        return build
+    lib = build.lib
     ptr, i64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
     c_int, c_double = ctypes.c_int, ctypes.c_double
     for suffix in SUFFIX.values():
@@ -116,17 +61,11 @@ def emulation(tmp_path_factory) -> Build:
     lib.dwsep_emu_backward_plan.restype = c_int
     lib.dwsep_emu_last_error.argtypes = []
     lib.dwsep_emu_last_error.restype = ctypes.c_char_p
-    return Build(lib, None)
+    return build
 
 
 def _lib(build: Build) -> ctypes.CDLL:
-    if build.lib is None:
-        pytest.fail(f"tests/cuda_emulation/driver.cpp does not compile:\n{build.error}", pytrace=False)
-    return build.lib
-
-
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
+    return build.loaded()
 
 
 def _shape(case) -> ctypes.Array:

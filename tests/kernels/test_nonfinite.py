@@ -23,7 +23,6 @@ from torch import nn
 
 import rtda_kernels
 from rtda_kernels.nn import WinogradConv2d
-from rtda_kernels.ops import winograd_conv3x3 as winograd_ops
 
 from .helpers import assert_close, backend_params, device_of
 from .test_winograd_conv3x3 import direct, make, terms
@@ -154,7 +153,7 @@ def test_loss_with_resize_is_non_finite_where_interpolate_is(backend, size):
 
 # ----------------------------------------------------------------------------- winograd_conv3x3
 WINOGRAD_BACKENDS = ["reference", pytest.param("cpu", marks=pytest.mark.skipif(
-    winograd_ops.compiled is None, reason="the compiled CPU kernel is not built"))]
+    not rtda_kernels.has_kernel("winograd_conv3x3", "cpu"), reason="the compiled CPU kernel is not built"))]
 
 
 def check_like_conv2d(y, x, weight, bias, residual, relu, dtype, name):
@@ -192,7 +191,7 @@ def test_winograd_non_finite_like_conv2d(backend, where, relu, layout):
                           f"y with {value} in {where} ({backend})")
 
 
-@pytest.mark.skipif(winograd_ops.compiled is None, reason="the compiled CPU kernel is not built")
+@pytest.mark.skipif(not rtda_kernels.has_kernel("winograd_conv3x3", "cpu"), reason="the compiled CPU kernel is not built")
 @torch.no_grad()
 def test_winograd_non_finite_in_a_later_chunk():
     """The kernel notices the bad value after it wrote the first chunks' outputs."""

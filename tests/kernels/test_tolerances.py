@@ -78,7 +78,7 @@ def _compared(name: str) -> Compared:
     if not _cache:
         _cache.update(_dwsep())
         _cache.update(_loss())
-        if winograd_tests.winograd_ops.compiled is not None:
+        if rtda_kernels.has_kernel("winograd_conv3x3", "cpu"):
             _cache.update(_winograd())
     if name not in _cache:
         pytest.skip(f"{name}: the compiled CPU kernel is not built")

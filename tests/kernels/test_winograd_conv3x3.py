@@ -14,11 +14,10 @@ from torch import nn
 import rtda_kernels
 from rtda_kernels import reference
 from rtda_kernels.nn import WinogradConv2d
-from rtda_kernels.ops import winograd_conv3x3 as winograd_ops
 
 from .helpers import assert_close, examples
 
-needs_kernel = pytest.mark.skipif(winograd_ops.compiled is None,
+needs_kernel = pytest.mark.skipif(not rtda_kernels.has_kernel("winograd_conv3x3", "cpu"),
                                   reason="the compiled CPU kernel is not built")
 
 # (N, C_in, C_out, H, W)

@@ -14,8 +14,9 @@
 // shape = {N, C_in, C_out, H, W, k, stride, padding}. A slope is used only when has_slope != 0
 // (negative_slope=None otherwise). The functions return 0, or -1 with dwsep_emu_last_error() set.
 //
-// Build: g++ -std=c++20 -O1 -pthread -shared -fPIC -I csrc/include -I csrc/cuda driver.cpp
+// Build: g++ -std=c++20 -O1 -pthread -shared -fPIC -I csrc/include -I csrc/cuda dwsep_driver.cpp
 #include "emu.h"  // first: defines the CUDA keywords the kernels use
+#include "driver_policies.h"
 
 #include <cstdint>
 #include <exception>
@@ -31,36 +32,15 @@
 
 namespace {
 
-std::string g_last_error;
-
-// Launcher policy: an emulated launch, finished when it returns.
-struct EmulatedLauncher {
-  template <typename... Params, typename... Args>
-  void operator()(dim3 grid, int block, void (*kernel)(Params...), const Args&... args) const {
-    emu_launch(grid, static_cast<unsigned>(block), [&] { kernel(args...); });
-  }
-};
-
-// Allocator policy: temporaries in std::vectors, filled with NaN so that an element a kernel
-// should have written but did not poisons the results.
-class VectorAllocator {
- public:
-  template <typename T>
-  T* allocate(int64_t numel) {
-    auto buffer = std::make_shared<std::vector<T>>(static_cast<size_t>(numel),
-                                                   std::numeric_limits<T>::quiet_NaN());
-    buffers_.push_back(buffer);
-    return buffer->data();
-  }
-
- private:
-  std::vector<std::shared_ptr<void>> buffers_;
-};
+using emu_driver::EmulatedLauncher;
+using emu_driver::g_last_error;
+using emu_driver::guarded;
+using emu_driver::VectorAllocator;
 
 // The Geometry the .cu builds from the tensors' sizes, from shape = {N, C_in, C_out, H, W, k,
 // stride, padding}, with the same validity conditions.
-rtda_cuda::Geometry make_geometry(const int64_t* shape) {
-  rtda_cuda::Geometry g{};
+rtda::cuda::Geometry make_geometry(const int64_t* shape) {
+  rtda::cuda::Geometry g{};
   g.n = shape[0];
   g.c_in = shape[1];
   g.c_out = shape[2];
@@ -69,7 +49,7 @@ rtda_cuda::Geometry make_geometry(const int64_t* shape) {
   g.kernel = shape[5];
   g.stride = shape[6];
   g.padding = shape[7];
-  if (g.kernel < 1 || g.kernel > rtda_cuda::kMaxKernel || g.stride < 1 || g.padding < 0) {
+  if (g.kernel < 1 || g.kernel > rtda::cuda::kMaxKernel || g.stride < 1 || g.padding < 0) {
     throw std::invalid_argument("bad kernel size / stride / padding");
   }
   g.out_height = rtda::conv_out_size(g.height, g.kernel, g.stride, g.padding);
@@ -86,31 +66,17 @@ rtda::Activation make_activation(int has_slope, double slope) {
   return rtda::Activation{has_slope != 0, has_slope != 0 ? slope : 0.0};
 }
 
-// Runs f(), turning an exception into -1 and dwsep_emu_last_error().
-template <typename F>
-int guarded(const F& f) {
-  g_last_error.clear();
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    g_last_error = e.what();
-  } catch (...) {
-    g_last_error = "unknown exception";
-  }
-  return -1;
-}
 
 template <typename T>
 int forward(const T* x, const T* dw_weight, const T* dw_bias, const T* pw_weight,
             const T* pw_bias, T* y, const int64_t* shape, int has_slope, double slope) {
   return guarded([&] {
-    const rtda_cuda::Geometry g = make_geometry(shape);
-    const rtda_cuda::ForwardPlan plan = rtda_cuda::plan_forward(g);
+    const rtda::cuda::Geometry g = make_geometry(shape);
+    const rtda::cuda::ForwardPlan plan = rtda::cuda::plan_forward(g);
     if (!plan.fits) throw std::invalid_argument("problem too large for the launch grid");
-    const rtda_cuda::ForwardTensors<T> tensors{x, dw_weight, dw_bias, pw_weight, pw_bias, y};
+    const rtda::cuda::ForwardTensors<T> tensors{x, dw_weight, dw_bias, pw_weight, pw_bias, y};
     // Acc = T: float accumulates in float, double in double (at::opmath_type).
-    rtda_cuda::launch_forward<T, T>(plan, g, make_activation(has_slope, slope), tensors,
+    rtda::cuda::launch_forward<T, T>(plan, g, make_activation(has_slope, slope), tensors,
                                     EmulatedLauncher{});
   });
 }
@@ -121,14 +87,14 @@ int backward(const T* grad_y, const T* x, const T* y, const T* dw_weight, const 
              T* grad_pw_weight, T* grad_pw_bias, const int64_t* shape, int has_slope,
              double slope) {
   return guarded([&] {
-    const rtda_cuda::Geometry g = make_geometry(shape);
-    const rtda_cuda::BackwardPlan plan = rtda_cuda::plan_backward(g);
+    const rtda::cuda::Geometry g = make_geometry(shape);
+    const rtda::cuda::BackwardPlan plan = rtda::cuda::plan_backward(g);
     if (!plan.fits) throw std::invalid_argument("problem too large for the launch grid");
-    const rtda_cuda::BackwardTensors<T> tensors{grad_y, x, y, dw_weight, dw_bias, pw_weight,
+    const rtda::cuda::BackwardTensors<T> tensors{grad_y, x, y, dw_weight, dw_bias, pw_weight,
                                                 grad_x, grad_dw_weight, grad_dw_bias,
                                                 grad_pw_weight, grad_pw_bias};
     VectorAllocator temporaries;
-    rtda_cuda::launch_backward<T, T>(plan, g, make_activation(has_slope, slope), tensors,
+    rtda::cuda::launch_backward<T, T>(plan, g, make_activation(has_slope, slope), tensors,
                                      EmulatedLauncher{}, temporaries);
   });
 }
@@ -157,7 +123,7 @@ RTDA_EMU_DEFINE(f64, double)
 
 extern "C" int dwsep_emu_backward_plan(const int64_t* shape, int64_t* out) {
   return guarded([&] {
-    const rtda_cuda::BackwardPlan plan = rtda_cuda::plan_backward(make_geometry(shape));
+    const rtda::cuda::BackwardPlan plan = rtda::cuda::plan_backward(make_geometry(shape));
     out[0] = plan.dw_split.splits;
     out[1] = plan.pw_split.splits;
     out[2] = plan.pw_grid.x;  // C_in tiles
