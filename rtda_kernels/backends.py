@@ -73,8 +73,8 @@ def _kernels(op: str) -> dict[str, Kernel]:
 
 def has_kernel(op: str, backend: str) -> bool:
     """Whether ``op`` has a kernel on ``backend`` that this install can run."""
-    return (backend in _kernels(op)
-            and available_backends()[_check_name(backend, "has_kernel")].available)
+    _check_name(backend, "has_kernel")
+    return backend in _kernels(op) and available_backends()[backend].available
 
 
 @dataclass(frozen=True)
