@@ -396,7 +396,6 @@ def backward(grad_y: torch.Tensor, x: torch.Tensor, y: torch.Tensor, dw_weight: 
     sums = part.sum(0)
     grad_dw_weight = sums[:, :K * K].to(dw_weight.dtype).reshape(dw_weight.shape).contiguous()
     bias_dtype = dw_weight.dtype if dw_bias is None else dw_bias.dtype
-    # A copy: with C_in = 1 both slices of `sums` are contiguous views, and an op's returns may not
-    # alias each other.
+    # A copy: with C_in = 1 both slices are views of `sums`, and returns may not alias.
     grad_dw_bias = sums[:, K * K].to(bias_dtype, copy=True)
     return grad_x, grad_dw_weight, grad_dw_bias, grad_pw_weight, grad_pw_bias
