@@ -1,5 +1,6 @@
 // Makes the compiled library importable as `rtda_kernels._C`. Importing it loads the shared
-// library, whose static TORCH_LIBRARY initialisers register the ops; the module itself is empty.
+// library, whose static TORCH_LIBRARY_IMPL initialisers register the kernels of the ops that
+// rtda_kernels/schemas.py defines; the module itself is empty.
 #include <Python.h>
 
 extern "C" PyMODINIT_FUNC PyInit__C(void) {

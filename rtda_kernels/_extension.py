@@ -1,5 +1,6 @@
 """Loads the compiled library (``rtda_kernels._C``) and records whether it, and its CUDA kernels,
-are present. Importing ``_C`` runs the C++ ``TORCH_LIBRARY`` registrations. A missing, broken or
+are present. The op schemas are defined first (``rtda_kernels.schemas``); importing ``_C`` then
+registers the C++ kernels for them (``TORCH_LIBRARY_IMPL``). A missing, broken or
 mismatched build is not fatal, the ``reference`` (and ``triton``) backends still work, but it is
 never silent: one warning at import names the cause and the fix, ``available_backends()`` reports
 it, and forcing the ``cpu`` or ``cuda`` backend raises."""
@@ -12,6 +13,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from rtda_kernels import schemas  # noqa: F401  (defines the ops the kernels implement)
 
 REBUILD = "pip install --no-build-isolation --force-reinstall . (in the source tree; or make setup)"
 

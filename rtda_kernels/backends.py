@@ -34,7 +34,7 @@ _forced: str | None = None
 @dataclass(frozen=True)
 class Kernel:
     """One op's implementation on one backend, called with the op's schema arguments (those of
-    csrc/registration.cpp), and the dtypes it computes."""
+    rtda_kernels/schemas.py), and the dtypes it computes."""
 
     run: Callable
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES

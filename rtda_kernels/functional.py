@@ -8,11 +8,12 @@ from collections.abc import Sequence
 
 import torch
 
+import rtda_kernels.ops.adversarial_loss  # noqa: F401  (each declares its op's kernels)
+import rtda_kernels.ops.dwsep_conv2d  # noqa: F401
+import rtda_kernels.ops.winograd_conv3x3  # noqa: F401
 from rtda_kernels import _checks, reference
 from rtda_kernels.backends import dispatch
-from rtda_kernels.ops import adversarial_loss as _loss_ops  # noqa: F401  (registers the kernels)
-from rtda_kernels.ops import dwsep_conv2d as _dwsep_ops  # noqa: F401
-from rtda_kernels.ops import winograd_conv3x3 as _winograd_ops  # noqa: F401
+from rtda_kernels.schemas import REDUCE_NONE, REDUCTIONS
 
 
 def _check_dwsep_args(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, negative_slope):
@@ -71,7 +72,6 @@ def dwsep_conv2d(
                     x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, slope)
 
 
-_REDUCTIONS = _loss_ops.REDUCTIONS
 
 
 def _check_logits(name: str, logits: object) -> torch.Tensor:
@@ -119,8 +119,8 @@ def adversarial_loss(
     """
     _check_logits("logits", logits)
     size = _check_output_size(output_size, logits)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {tuple(_REDUCTIONS)}, got {reduction!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}")
     if isinstance(target, torch.Tensor):
         _checks.tensor("target", target)
         expected = (logits.shape[0], logits.shape[1], *size)
@@ -133,9 +133,9 @@ def adversarial_loss(
         target_tensor, value = target, 0.0
     else:
         target_tensor, value = None, _check_label("target", target)
-    code = _REDUCTIONS[reduction]
+    code = REDUCTIONS[reduction]
     compute_grad = (torch.is_grad_enabled() and logits.requires_grad
-                    and code != _loss_ops.REDUCE_NONE)
+                    and code != REDUCE_NONE)
     loss, _ = dispatch("adversarial_loss", logits.device, logits.dtype, "logits",
                        logits, target_tensor, value, size, code, compute_grad)
     return loss

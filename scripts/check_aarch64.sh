@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compile-check every C++ source the package builds for the CPU (csrc/python_module.cpp,
-# csrc/registration.cpp, csrc/cpu/*.cpp) for aarch64 (ARMv8.2-A: Jetson Xavier / Orin CPUs) with
+# csrc/cpu/*.cpp) for aarch64 (ARMv8.2-A: Jetson Xavier / Orin CPUs) with
 # Debian's cross compiler, warnings as errors, against the installed torch's headers. Objects
 # only, in a temporary directory: nothing is linked or run. An x86 intrinsic (immintrin.h, _mm*,
 # __builtin_ia32_*) outside an `#if defined(__AVX...)`/`__x86_64__` guard fails this compile.
@@ -37,7 +37,7 @@ OUT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/rtda_check_aarch64.XXXXXX")"
 trap 'rm -rf "$OUT_DIR"' EXIT
 
 shopt -s nullglob
-SOURCES=(csrc/python_module.cpp csrc/registration.cpp csrc/cpu/*.cpp)
+SOURCES=(csrc/python_module.cpp csrc/cpu/*.cpp)
 
 # The CMake build's CPU flags (-O3 there; -O2 is enough to exercise the vector code paths),
 # with -march=native replaced by the Jetson CPUs' architecture.

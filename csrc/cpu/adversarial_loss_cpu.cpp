@@ -1,5 +1,5 @@
 // CPU kernels of the fused pixel-wise adversarial loss (ops adversarial_loss,
-// adversarial_loss_backward and discriminator_loss; schemas in csrc/registration.cpp).
+// adversarial_loss_backward and discriminator_loss; schemas in rtda_kernels/schemas.py).
 //
 // The loss is computed by bands of output rows without storing the resized map; the band engine
 // and its description are in adversarial_loss_bands.h. Results are bitwise identical for any

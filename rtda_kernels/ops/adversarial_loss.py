@@ -2,9 +2,8 @@
 registration with torch.library.
 
 The compiled ops ``rtda_kernels::adversarial_loss``, ``::adversarial_loss_backward`` and
-``::discriminator_loss`` (schemas and their contract in csrc/registration.cpp) get fake kernels
-and autograd here; the Triton kernels become custom ops with the same schemas and a ``_triton``
-suffix.
+``::discriminator_loss`` (schemas in rtda_kernels/schemas.py) get fake kernels and autograd
+here; the Triton kernels become the ops ``<op>_triton`` with the same schemas.
 
 For the mean and sum reductions the forward op also returns the gradient of the (0-dim) loss
 w.r.t. the logits when asked (``compute_grad``): the kernel has every term it needs at hand
@@ -15,16 +14,14 @@ called directly without compute_grad recomputes the gradient in backward.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from rtda_kernels import _extension, reference
+from rtda_kernels import reference
 from rtda_kernels.backends import TRITON_DTYPES, Kernel, compiled_kernel, register
-
-REDUCE_NONE, REDUCE_MEAN, REDUCE_SUM = 0, 1, 2  # at::Reduction's numbering, as the schemas use
-REDUCTIONS = {"none": REDUCE_NONE, "mean": REDUCE_MEAN, "sum": REDUCE_SUM}
+from rtda_kernels.schemas import REDUCE_NONE, REDUCTIONS, triton_op
 
 
 def _fake_loss(logits, target, target_value, output_size, reduction, compute_grad):
@@ -110,54 +107,34 @@ def _register(
     )
 
 
-if _extension.COMPILED_ERROR is None:
-    _register(
-        "rtda_kernels::adversarial_loss",
-        "rtda_kernels::adversarial_loss_backward",
-        "rtda_kernels::discriminator_loss",
-        (torch.ops.rtda_kernels.adversarial_loss, torch.ops.rtda_kernels.adversarial_loss_backward,
-         torch.ops.rtda_kernels.discriminator_loss),
-    )
+_register(
+    "rtda_kernels::adversarial_loss",
+    "rtda_kernels::adversarial_loss_backward",
+    "rtda_kernels::discriminator_loss",
+    (torch.ops.rtda_kernels.adversarial_loss, torch.ops.rtda_kernels.adversarial_loss_backward,
+     torch.ops.rtda_kernels.discriminator_loss),
+)
 
 
 # Triton kernels (rtda_kernels/triton/adversarial_loss.py, imported at first use so that
-# TRITON_INTERPRET is read then), as custom ops with the schemas of the compiled ones.
-@torch.library.custom_op("rtda_kernels::adversarial_loss_triton", mutates_args=())
-def triton_loss(
-    logits: Tensor,
-    target: Tensor | None,
-    target_value: float,
-    output_size: Sequence[int],
-    reduction: int,
-    compute_grad: bool,
-) -> tuple[Tensor, Tensor]:
+# TRITON_INTERPRET is read then), as ops with the same schemas.
+@triton_op("adversarial_loss")
+def triton_loss(logits, target, target_value, output_size, reduction, compute_grad):
     from rtda_kernels.triton import adversarial_loss as kernels
 
     return kernels.loss(logits, target, target_value, list(output_size), reduction, compute_grad)
 
 
-@torch.library.custom_op("rtda_kernels::adversarial_loss_triton_backward", mutates_args=())
-def triton_loss_backward(
-    grad_loss: Tensor,
-    logits: Tensor,
-    target: Tensor | None,
-    target_value: float,
-    output_size: Sequence[int],
-) -> Tensor:
+@triton_op("adversarial_loss_backward")
+def triton_loss_backward(grad_loss, logits, target, target_value, output_size):
     from rtda_kernels.triton import adversarial_loss as kernels
 
     return kernels.loss_backward(grad_loss, logits, target, target_value, list(output_size))
 
 
-@torch.library.custom_op("rtda_kernels::discriminator_loss_triton", mutates_args=())
-def triton_discriminator(
-    d_source: Tensor,
-    d_target: Tensor,
-    source_label: float,
-    target_label: float,
-    output_size: Sequence[int],
-    compute_grad: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+@triton_op("discriminator_loss")
+def triton_discriminator(d_source, d_target, source_label, target_label, output_size,
+                         compute_grad):
     from rtda_kernels.triton import adversarial_loss as kernels
 
     return kernels.discriminator(
@@ -167,7 +144,7 @@ def triton_discriminator(
 
 _register(
     "rtda_kernels::adversarial_loss_triton",
-    "rtda_kernels::adversarial_loss_triton_backward",
+    "rtda_kernels::adversarial_loss_backward_triton",
     "rtda_kernels::discriminator_loss_triton",
     (triton_loss, triton_loss_backward, triton_discriminator),
 )

@@ -2,9 +2,9 @@
 torch.library.
 
 The compiled ops (``rtda_kernels::dwsep_conv2d`` and its backward, schemas in
-csrc/registration.cpp) get fake kernels and autograd here. The Triton kernels become the custom
-ops ``rtda_kernels::dwsep_conv2d_triton`` and ``..._triton_backward`` with the same schemas. Both
-pairs share one autograd formula: save x, y and the weights, recompute the depthwise output in
+rtda_kernels/schemas.py) get fake kernels and autograd here. The Triton kernels become the ops
+``dwsep_conv2d_triton`` and ``dwsep_conv2d_backward_triton`` with the same schemas. Both pairs
+share one autograd formula: save x, y and the weights, recompute the depthwise output in
 the backward op, read the activation mask from the sign of y.
 """
 
@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-from rtda_kernels import _extension, reference
+from rtda_kernels import reference
 from rtda_kernels.backends import TRITON_DTYPES, Kernel, compiled_kernel, register
+from rtda_kernels.schemas import triton_op
 
 
 def _output_shape(x_shape, dw_shape, pw_shape, stride: int, padding: int) -> tuple[int, ...]:
@@ -102,43 +103,23 @@ def _register(forward: str, backward: str, backward_op: Callable) -> None:
     register_flop_formula(getattr(getattr(torch.ops, namespace), name))(_flop_formula_backward)
 
 
-if _extension.COMPILED_ERROR is None:
-    _register(
-        "rtda_kernels::dwsep_conv2d",
-        "rtda_kernels::dwsep_conv2d_backward",
-        torch.ops.rtda_kernels.dwsep_conv2d_backward,
-    )
+_register(
+    "rtda_kernels::dwsep_conv2d",
+    "rtda_kernels::dwsep_conv2d_backward",
+    torch.ops.rtda_kernels.dwsep_conv2d_backward,
+)
 
 
-@torch.library.custom_op("rtda_kernels::dwsep_conv2d_triton", mutates_args=())
-def triton_forward(
-    x: Tensor,
-    dw_weight: Tensor,
-    dw_bias: Tensor | None,
-    pw_weight: Tensor,
-    pw_bias: Tensor | None,
-    stride: int,
-    padding: int,
-    negative_slope: float | None,
-) -> Tensor:
+@triton_op("dwsep_conv2d")
+def triton_forward(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, negative_slope):
     """Triton forward (imported at first use, so that TRITON_INTERPRET is read then)."""
     from rtda_kernels.triton import dwsep_conv2d as kernels
 
     return kernels.forward(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, negative_slope)
 
 
-@torch.library.custom_op("rtda_kernels::dwsep_conv2d_triton_backward", mutates_args=())
-def triton_backward(
-    grad_y: Tensor,
-    x: Tensor,
-    y: Tensor,
-    dw_weight: Tensor,
-    dw_bias: Tensor | None,
-    pw_weight: Tensor,
-    stride: int,
-    padding: int,
-    negative_slope: float | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+@triton_op("dwsep_conv2d_backward")
+def triton_backward(grad_y, x, y, dw_weight, dw_bias, pw_weight, stride, padding, negative_slope):
     """Triton backward: gradients for (x, dw_weight, dw_bias, pw_weight, pw_bias)."""
     from rtda_kernels.triton import dwsep_conv2d as kernels
 
@@ -147,9 +128,8 @@ def triton_backward(
     )
 
 
-_register(
-    "rtda_kernels::dwsep_conv2d_triton", "rtda_kernels::dwsep_conv2d_triton_backward", triton_backward
-)
+_register("rtda_kernels::dwsep_conv2d_triton", "rtda_kernels::dwsep_conv2d_backward_triton",
+          triton_backward)
 
 
 def _reference(x, dw_weight, dw_bias, pw_weight, pw_bias, stride, padding, negative_slope):

@@ -1,6 +1,6 @@
 """``winograd_conv3x3``'s kernels (reference, cpu) and its fake kernel and FLOP formula.
 
-The op (schema in csrc/registration.cpp, CPU kernel in csrc/cpu/winograd_conv3x3_cpu.cpp) is for
+The op (schema in rtda_kernels/schemas.py, CPU kernel in csrc/cpu/winograd_conv3x3_cpu.cpp) is for
 inference only, so it has no autograd formula: ``rtda_kernels.winograd_conv3x3`` refuses inputs
 that require grad.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from rtda_kernels import _extension, reference
+from rtda_kernels import reference
 from rtda_kernels.backends import Kernel, compiled_kernel, register
 
 
@@ -29,9 +29,8 @@ def _flops(x_shape, weight_shape, weight_winograd_shape, bias_shape, residual_sh
     return 2 * n * height * width * c_in * weight_shape[0] * 9
 
 
-if _extension.has_compiled_kernel("winograd_conv3x3", "CPU"):
-    torch.library.register_fake("rtda_kernels::winograd_conv3x3")(_fake)
-    register_flop_formula(torch.ops.rtda_kernels.winograd_conv3x3)(_flops)
+torch.library.register_fake("rtda_kernels::winograd_conv3x3")(_fake)
+register_flop_formula(torch.ops.rtda_kernels.winograd_conv3x3)(_flops)
 
 register("winograd_conv3x3", {
     "reference": Kernel(reference.winograd_conv3x3),

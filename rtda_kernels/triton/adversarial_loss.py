@@ -1,8 +1,8 @@
 """Launchers of the Triton kernels of the fused pixel-wise adversarial loss
-(rtda_kernels/triton/adversarial_loss_kernels.py, where the algorithm is described): the launch
+(rtda_kernels/triton/adversarial_loss_kernels.py; the algorithm: docs/kernel_internals.md): the launch
 plan (cells per program and positions per cell along each axis), the gradient/loss finalisation,
 argument checks, and the three entry points the torch.library glue calls (loss, loss_backward,
-discriminator). Contract in csrc/registration.cpp.
+discriminator). Schemas in rtda_kernels/schemas.py.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import triton
 
+from rtda_kernels.backends import TRITON_DTYPES
+from rtda_kernels.schemas import REDUCE_MEAN, REDUCE_NONE, REDUCE_SUM
 from rtda_kernels.triton.adversarial_loss_kernels import (
     finalize_kernel,
     flat_kernel,
@@ -18,8 +20,6 @@ from rtda_kernels.triton.adversarial_loss_kernels import (
 from rtda_kernels.triton.adversarial_math import f32, manual_bf16
 from rtda_kernels.triton.target import on_gpu
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-REDUCE_NONE, REDUCE_MEAN, REDUCE_SUM = 0, 1, 2
 _MAX_SIDE = 1 << 20  # the cell boundary search is exact below this output side
 # (see adversarial_loss_kernels.py)
 
@@ -112,7 +112,7 @@ def _finalize(logits: torch.Tensor, *, quad: torch.Tensor | None = None,
 
 
 def _check(name: str, t: torch.Tensor, dtype: torch.dtype | None = None) -> None:
-    if t.dtype not in _DTYPES:
+    if t.dtype not in TRITON_DTYPES:
         raise TypeError(f"adversarial_loss (triton): float32/float16/bfloat16 only, {name} is {t.dtype}")
     if dtype is not None and t.dtype != dtype:
         raise TypeError(f"adversarial_loss (triton): {name} is {t.dtype}, expected {dtype}")

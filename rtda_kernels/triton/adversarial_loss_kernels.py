@@ -1,53 +1,8 @@
-"""The Triton kernels of the fused pixel-wise adversarial loss, forward and backward (launched by
-rtda_kernels/triton/adversarial_loss.py).
-
-    u = interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)   # never stored
-    loss = (1 - y) u - min(u, 0) + log1p(exp(-|u|)),   dloss/du = sigmoid(u) - y
-
-with y a constant label or an N x C x H x W target, reduced by none / mean / sum; contract in
-csrc/registration.cpp, per-element math in csrc/include/rtda/adversarial_math.h.
-
-Why cells: along one axis, output index r reads the input indices i0(r) and i1(r) = min(i0 + 1,
-in - 1) (``linear_tap``), and i0 is non-decreasing in r. So the output rows split into contiguous
-*cells*, cell i = {r : i0(r) = i}, and likewise the columns. A program owns a tile of BI x BJ
-cells and evaluates exactly the output pixels of those cells, laid out as a 4-D block
-``[BI, KR, BJ, KC]`` (cell row, row in the cell, cell column, column in the cell; a cell longer
-than KR x KC is walked in chunks). Every output pixel is therefore computed once, by one program,
-and every pixel of a cell reads the same 2 x 2 logits, loaded once per program:
-u = wr0 * (wc0 * v00 + wc1 * v01) + wr1 * (wc0 * v10 + wc1 * v11), with ATen's nesting.
-
-Cell boundaries: the first output index of cell i is estimated by inverting the tap formula,
-(i + 0.5) * out / in - 0.5, and then made exact by counting, with the tap formula itself, how many
-of the 8 indices around the estimate still tap a cell < i (the estimate is within +-2 of the truth
-for output sides below 2^20, which the launchers enforce). The same code computes each boundary in
-the two programs that share it, so the cells partition the output exactly. The weight of a pixel
-is then ``clamp(src - i, 0, 1)`` with i its cell: equal to the tap formula's w1.
-
-Gradient (d loss / d logits = bilinear^T of g = (sigmoid(u) - y) * coefficient): a pixel of cell
-(i, j) sends g * wr_a * wc_b to logits (i + a, j + b) (a, b in {0, 1}, i + 1 clamped at the last
-row). Each program sums, per cell, the four quadrants S_ab = sum g * wr_a * wc_b (a sum over
-columns in the cell, then over rows: two tl.sum's over the 4-D block), folds the quadrants that
-clamp back onto the cell itself (last row / column), and writes them to a float32 buffer of
-4 x (low-res size); a second small kernel (finalize_kernel) gathers, for each logit, the at most
-four quadrants that reach it, in a fixed order, scales by the coefficient and casts. No atomics,
-no recomputation, nothing of size H x W besides the loss map (reduction none) and the user's
-target / grad_loss maps, which are read once.
-
-Identity size (h, w) == (H, W): u = logits exactly; flat_kernel does the elementwise loss and
-writes the gradient directly.
-
-Reductions are deterministic: every program writes one float32 partial sum to its own slot, and
-program 0 of finalize_kernel adds the slots in a fixed order (then scales: 1/M for mean, 0.5/M_s
-and 0.5/M_t for the discriminator) and casts once to the logits dtype. All math is float32.
-
-Kernels (1-D grids):
-    resized_kernel   loss map / partial sums / gradient quadrants     planes * cell tiles
-    flat_kernel      the same for identity size, gradient direct     cdiv(N*C*H*W, BLOCK)
-    finalize_kernel  gradient from quadrants; program 0: the loss    cdiv(N*C*h*w, BLOCK) or 1
-The same code runs on CUDA tensors and, with TRITON_INTERPRET=1, on CPU tensors. The interpreter
-has no libdevice (log1p is written with Kahan's log(1 + e) * e / ((1 + e) - 1), exact to a few
-ulp everywhere, also on the GPU) and does not round float32 -> bfloat16 to nearest even, so off
-CUDA bfloat16 outputs are rounded by hand (MANUAL_BF16).
+"""The Triton kernels of the fused pixel-wise adversarial loss, forward and backward, launched by
+``rtda_kernels/triton/adversarial_loss.py``: ``resized_kernel`` (a program owns whole cells of
+output pixels that read the same 2 x 2 logits), ``flat_kernel`` (no resize) and
+``finalize_kernel`` (the gradient gathered from per-cell quadrants, the loss summed in a fixed
+order). No atomics; all math in float32. The scheme is explained in docs/kernel_internals.md.
 """
 
 from __future__ import annotations

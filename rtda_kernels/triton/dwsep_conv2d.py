@@ -1,23 +1,10 @@
 """Triton kernels for the fused depthwise-separable conv2d + LeakyReLU, forward and backward.
 
-    d = depthwise_conv2d(x, dw_weight, dw_bias, stride, padding)     # groups = C_in, k x k taps
-    y = leaky_relu(conv1x1(d, pw_weight, pw_bias), negative_slope)  # or linear when slope is None
-
-Why fused: the forward never writes the depthwise output ``d`` to global memory. Each program
-builds a ``[BLOCK_C, BLOCK_P]`` tile of ``d`` in registers from the k*k taps and feeds it straight
-into the pointwise conv as ``tl.dot(w[BLOCK_O, BLOCK_C], d[BLOCK_C, BLOCK_P])``. The backward
-recomputes ``d`` where it needs it and materialises only ``gd = dL/dd`` (float32).
-
-Kernels (every grid is 1-D and flattened, so no grid axis can hit CUDA's 65535 limit):
-    _fwd_kernel      y = act(pw @ d + pw_bias)              N * pixel tiles * C_out blocks
-    _grad_d_kernel   gd = pw^T @ gz                         N * pixel tiles * C_in blocks
-    _grad_pw_kernel  partial sums of gz @ d^T and of gz     C_out blocks * C_in blocks * splits
-    _grad_x_kernel   gx gathered over the windows of gd     N * input pixel tiles * C_in blocks
-    _grad_dw_kernel  partial sums of gd * shifted x, of gd  C_in blocks * splits
-``gz`` is dL/dz, rebuilt on the fly from grad_y and the sign of the saved output y. Partial sums
-land in float32 buffers that torch sums afterwards: deterministic, no atomics. All accumulation is
-float32; ``tl.dot`` operands are in the input dtype, and float32 dots use "ieee" (no TF32).
-The same code runs on CUDA tensors and, with TRITON_INTERPRET=1, on CPU tensors.
+The forward builds each tile of the depthwise output in registers and feeds it to ``tl.dot``
+without writing it; the backward recomputes it and writes only its gradient. Partial sums go to
+float32 buffers that torch adds (deterministic, no atomics). The kernels and their grids are in
+docs/kernel_internals.md. The same code runs on CUDA tensors and, with TRITON_INTERPRET=1, on CPU
+tensors.
 """
 
 from __future__ import annotations
@@ -26,9 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rtda_kernels.backends import TRITON_DTYPES
 from rtda_kernels.triton.target import multiprocessors, on_gpu
-
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- shared device code
@@ -275,7 +261,7 @@ def _grad_dw_kernel(x_ptr, gd_ptr, part_ptr, N, C_in, H, W, Ho, Wo, stride, padd
 # ----------------------------------------------------------------------------- launchers
 def _check_dtypes(*tensors: torch.Tensor | None) -> None:
     for t in tensors:
-        if t is not None and t.dtype not in _DTYPES:
+        if t is not None and t.dtype not in TRITON_DTYPES:
             raise TypeError(f"dwsep_conv2d (triton): float32/float16/bfloat16 only, not {t.dtype}")
 
 

@@ -81,3 +81,13 @@ def build_driver(tmp_path_factory: pytest.TempPathFactory, name: str) -> Build:
 
 def pointer(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
+
+
+def check(last_error, status: int, what: str) -> None:
+    """A driver call's status is 0, else the driver's last error names why."""
+    assert status == 0, f"{what} failed in the emulation: {last_error().decode()}"
+
+
+def unwritten(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+    """An output buffer of NaN: an element the kernels do not write fails the comparison."""
+    return torch.full(shape, float("nan"), dtype=dtype)

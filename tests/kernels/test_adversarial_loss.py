@@ -327,7 +327,7 @@ def _ops(backend: str):
     ops = torch.ops.rtda_kernels
     return (
         getattr(ops, f"adversarial_loss{suffix}").default,
-        getattr(ops, f"adversarial_loss{suffix}_backward").default,
+        getattr(ops, f"adversarial_loss_backward{suffix}").default,
         getattr(ops, f"discriminator_loss{suffix}").default,
     )
 

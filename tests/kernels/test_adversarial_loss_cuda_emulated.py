@@ -21,9 +21,10 @@ import pytest
 import torch
 
 import rtda_kernels
+from rtda_kernels.schemas import REDUCTIONS
 
 from . import loss_reference
-from .emulation import Build, build_driver
+from .emulation import Build, build_driver, check, unwritten
 from .emulation import pointer as _ptr
 from .helpers import assert_close
 
@@ -41,7 +42,6 @@ SHAPES = [
 SHAPE_IDS = ["{}x{}x{}x{}-{}x{}".format(*s) for s in SHAPES]
 # More than kTargetRowBlocks (1024) output rows: several rows per block of kernel A.
 MANY_ROWS = (1, 1, 3, 2, 1100, 5)
-REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 # A constant label, or a random target tensor in [0, 1]. The label is 0 (a source label) in float32
 # and 1 (a target label) in float64, so that both are covered at half the cost (the emulation is
 # slow).
@@ -81,21 +81,8 @@ def emulation(tmp_path_factory) -> Build:
     return build
 
 
-def _lib(build: Build) -> ctypes.CDLL:
-    return build.loaded()
-
-
 def _i64(values) -> ctypes.Array:
     return (ctypes.c_int64 * len(values))(*values)
-
-
-def _check(lib: ctypes.CDLL, status: int, what: str) -> None:
-    assert status == 0, f"{what} failed in the emulation: {lib.adv_emu_last_error().decode()}"
-
-
-def _nan(*shape, dtype) -> torch.Tensor:
-    # Outputs start as NaN: an element the kernels do not write fails the comparison.
-    return torch.full(shape, float("nan"), dtype=dtype)
 
 
 def _assert_close(
@@ -124,22 +111,22 @@ def _run_loss(lib, shape, logits, target, value, reduction: int, compute_grad: b
     """(loss, grad or None) from the emulated forward."""
     n, c, h, w, big_h, big_w = shape
     dtype = logits.dtype
-    loss = _nan(n, c, big_h, big_w, dtype=dtype) if reduction == 0 else _nan(dtype=dtype)
-    grad = _nan(*logits.shape, dtype=dtype) if compute_grad and reduction != 0 else None
+    loss = unwritten(n, c, big_h, big_w, dtype=dtype) if reduction == 0 else unwritten(dtype=dtype)
+    grad = unwritten(*logits.shape, dtype=dtype) if compute_grad and reduction != 0 else None
     status = getattr(lib, f"adv_emu_loss_{SUFFIX[dtype]}")(
         _ptr(logits), _ptr(target), value, _i64(shape), reduction, int(compute_grad),
         _ptr(loss), _ptr(grad),
     )  # fmt: skip
-    _check(lib, status, "forward")
+    check(lib.adv_emu_last_error, status, "forward")
     return loss, grad
 
 
 def _run_backward(lib, shape, grad_loss, logits, target, value):
-    grad = _nan(*logits.shape, dtype=logits.dtype)
+    grad = unwritten(*logits.shape, dtype=logits.dtype)
     status = getattr(lib, f"adv_emu_loss_backward_{SUFFIX[logits.dtype]}")(
         _ptr(grad_loss), _ptr(logits), _ptr(target), value, _i64(shape), _ptr(grad)
     )
-    _check(lib, status, "backward")
+    check(lib.adv_emu_last_error, status, "backward")
     return grad
 
 
@@ -178,12 +165,12 @@ def _check_loss_case(lib, shape, reduction_name: str, target_kind: str, dtype: t
 @pytest.mark.parametrize("reduction", list(REDUCTIONS))
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_loss_matches_reference(emulation, shape, reduction, target_kind, dtype):
-    _check_loss_case(_lib(emulation), shape, reduction, target_kind, dtype)
+    _check_loss_case(emulation.loaded(), shape, reduction, target_kind, dtype)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_several_rows_per_block(emulation, reduction):
-    _check_loss_case(_lib(emulation), MANY_ROWS, reduction, "tensor", torch.float32)
+    _check_loss_case(emulation.loaded(), MANY_ROWS, reduction, "tensor", torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -192,7 +179,7 @@ def test_several_rows_per_block(emulation, reduction):
     "shape", [SHAPES[i] for i in (1, 3, 5)], ids=[SHAPE_IDS[i] for i in (1, 3, 5)]
 )
 def test_half_types(emulation, shape, reduction, dtype):
-    lib = _lib(emulation)
+    lib = emulation.loaded()
     if dtype == torch.float16 and not lib.adv_emu_has_f16():
         pytest.skip("this g++ has no _Float16: the float16 kernels cannot be emulated")
     _check_loss_case(lib, shape, reduction, "tensor", dtype)
@@ -208,14 +195,15 @@ DISCRIMINATOR_CASES = [
 
 def _run_discriminator(lib, d_source, d_target, labels, size, compute_grad: bool):
     dtype = d_source.dtype
-    loss = _nan(dtype=dtype)
-    grads = [_nan(*d.shape, dtype=dtype) if compute_grad else None for d in (d_source, d_target)]
+    loss = unwritten(dtype=dtype)
+    grads = [unwritten(*d.shape, dtype=dtype) if compute_grad else None
+             for d in (d_source, d_target)]
     shape = _i64([*d_source.shape, *d_target.shape, *size])
     status = getattr(lib, f"adv_emu_discriminator_{SUFFIX[dtype]}")(
         _ptr(d_source), _ptr(d_target), *labels, shape, int(compute_grad), _ptr(loss),
         *map(_ptr, grads),
     )  # fmt: skip
-    _check(lib, status, "discriminator")
+    check(lib.adv_emu_last_error, status, "discriminator")
     return loss, grads
 
 
@@ -227,7 +215,7 @@ def _case_id(case) -> str:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", DISCRIMINATOR_CASES, ids=_case_id)
 def test_discriminator_matches_reference(emulation, case, dtype):
-    lib = _lib(emulation)
+    lib = emulation.loaded()
     labels = (0.0, 1.0) if dtype == torch.float32 else (0.2, 0.9)
     source_shape, target_shape, size = case
     d_source = (3 * torch.randn(source_shape, dtype=torch.float64)).to(dtype)
@@ -247,7 +235,7 @@ def test_discriminator_matches_reference(emulation, case, dtype):
 
 def test_repeat_runs_are_bitwise_identical(emulation):
     """No atomics, fixed reduction orders: the same inputs give the same bits, run after run."""
-    lib = _lib(emulation)
+    lib = emulation.loaded()
     for shape, reduction in ((SHAPES[1], 1), (SHAPES[6], 2)):
         logits, target, value = _inputs(shape, "tensor", torch.float32)
         first = _run_loss(lib, shape, logits, target, value, reduction, compute_grad=True)
@@ -270,7 +258,7 @@ def test_reach_range_is_conservative(emulation):
     """The gather bounds of the transposed interpolation (rtda::cuda::adv::reach_range) hold every
     output coordinate whose taps reach an input coordinate, for float and double taps: all sizes
     up to 64 x 64, and large / extreme factors."""
-    lib = _lib(emulation)
+    lib = emulation.loaded()
     checked = ctypes.c_int64()
     violations = lib.adv_emu_check_reach(64, 64, ctypes.byref(checked))
     assert checked.value > 64 * 64
@@ -280,11 +268,11 @@ def test_reach_range_is_conservative(emulation):
 def test_cases_cover_the_launch_plan_paths(emulation):
     """The shapes above reach the paths of the launch plan: several chunks per row, several rows
     per block, 1 / some / 32 lanes per low-res column, the second map of the discriminator."""
-    lib = _lib(emulation)
+    lib = emulation.loaded()
     plans = []
     for shape in [*SHAPES, MANY_ROWS]:
         out = (ctypes.c_int64 * 8)()
-        _check(lib, lib.adv_emu_plan(1, _i64(shape), 1, out), "plan")
+        check(lib.adv_emu_last_error, lib.adv_emu_plan(1, _i64(shape), 1, out), "plan")
         # threads, group, rows/block, row blocks, chunks, kernel A blocks, kernel B blocks
         plans.append(list(out))
     assert any(p[4] > 1 for p in plans), plans
@@ -293,12 +281,13 @@ def test_cases_cover_the_launch_plan_paths(emulation):
     assert 1 in groups and 32 in groups and groups - {1, 32}, groups
     assert {p[0] for p in plans} >= {64, 128, 256}, plans
     out = (ctypes.c_int64 * 8)()
-    _check(lib, lib.adv_emu_plan(4, _i64([2, 1, 7, 9, 3, 1, 5, 6, 50, 61]), 1, out), "plan")
+    check(lib.adv_emu_last_error,
+          lib.adv_emu_plan(4, _i64([2, 1, 7, 9, 3, 1, 5, 6, 50, 61]), 1, out), "plan")
     assert out[5] > out[3], list(out)  # kernel A runs the blocks of both maps
 
 
 def test_invalid_arguments_are_refused(emulation):
-    lib = _lib(emulation)
+    lib = emulation.loaded()
     logits = torch.zeros(1, 1, 2, 2)
     loss = torch.zeros(())
     bad_calls = [([1, 1, 2, 2, 3, 3], 3, b"reduction"), ([1, 1, 2, 2, 0, 3], 1, b"empty")]
@@ -318,7 +307,7 @@ def test_non_finite_logits(emulation, shape, target_kind, reduction):
     resize along an axis the logit is read as it is, so with no resize at all the loss and its
     gradient are exactly BCE-with-logits' (inf for +inf with label 0, a finite gradient); with
     one the non-finite pixels are those of F.interpolate."""
-    lib = _lib(emulation)
+    lib = emulation.loaded()
     logits, target, value = _inputs(shape, target_kind, torch.float32)
     flat = logits.view(-1)
     flat[1], flat[flat.numel() // 2], flat[-2] = float("inf"), float("-inf"), float("nan")

@@ -229,7 +229,7 @@ def test_opcheck(backend):
     device = device_of(backend)
     ops = torch.ops.rtda_kernels
     forward, backward = (
-        (ops.dwsep_conv2d_triton, ops.dwsep_conv2d_triton_backward)
+        (ops.dwsep_conv2d_triton, ops.dwsep_conv2d_backward_triton)
         if backend == "triton"
         else (ops.dwsep_conv2d, ops.dwsep_conv2d_backward)
     )

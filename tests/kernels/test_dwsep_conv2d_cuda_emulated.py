@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from . import dwsep_reference
-from .emulation import Build, build_driver
+from .emulation import Build, build_driver, check, unwritten
 from .emulation import pointer as _ptr
 from .helpers import assert_close
 
@@ -64,27 +64,14 @@ def emulation(tmp_path_factory) -> Build:
     return build
 
 
-def _lib(build: Build) -> ctypes.CDLL:
-    return build.loaded()
-
-
 def _shape(case) -> ctypes.Array:
     return (ctypes.c_int64 * 8)(*case[:8])
-
-
-def _check(lib: ctypes.CDLL, status: int, what: str) -> None:
-    assert status == 0, f"{what} failed in the emulation: {lib.dwsep_emu_last_error().decode()}"
-
-
-def _nan(*shape, dtype) -> torch.Tensor:
-    # Outputs start as NaN: an element the kernels do not write fails the comparison.
-    return torch.full(shape, float("nan"), dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_emulated_cuda_kernels_match_reference(emulation, case, dtype):
-    lib = _lib(emulation)
+    lib = emulation.loaded()
     n, c_in, c_out, h, w, k, s, p, slope, biases = case
     x = torch.randn(n, c_in, h, w, dtype=torch.float64)
     dw_weight = torch.randn(c_in, 1, k, k, dtype=torch.float64) / k
@@ -101,25 +88,25 @@ def test_emulated_cuda_kernels_match_reference(emulation, case, dtype):
     has_slope, slope_value = int(slope is not None), 0.0 if slope is None else slope
     suffix = SUFFIX[dtype]
 
-    y = _nan(n, c_out, ho, wo, dtype=dtype)
+    y = unwritten(n, c_out, ho, wo, dtype=dtype)
     status = getattr(lib, f"dwsep_emu_forward_{suffix}")(
         *map(_ptr, inputs), _ptr(y), _shape(case), has_slope, slope_value
     )
-    _check(lib, status, "forward")
+    check(lib.dwsep_emu_last_error, status, "forward")
 
     grad_y = torch.randn(n, c_out, ho, wo, dtype=torch.float64).to(dtype)
     grads = [
-        _nan(*x_k.shape, dtype=dtype),
-        _nan(*dw_weight_k.shape, dtype=dtype),
-        _nan(c_in, dtype=dtype),
-        _nan(*pw_weight_k.shape, dtype=dtype),
-        _nan(c_out, dtype=dtype),
+        unwritten(*x_k.shape, dtype=dtype),
+        unwritten(*dw_weight_k.shape, dtype=dtype),
+        unwritten(c_in, dtype=dtype),
+        unwritten(*pw_weight_k.shape, dtype=dtype),
+        unwritten(c_out, dtype=dtype),
     ]
     status = getattr(lib, f"dwsep_emu_backward_{suffix}")(
         _ptr(grad_y), _ptr(x_k), _ptr(y), _ptr(dw_weight_k), _ptr(dw_bias_k), _ptr(pw_weight_k),
         *map(_ptr, grads), _shape(case), has_slope, slope_value,
     )  # fmt: skip
-    _check(lib, status, "backward")
+    check(lib.dwsep_emu_last_error, status, "backward")
 
     # Reference in float64 (dwsep_reference). The kernels always produce both bias gradients
     # (the op drops those of absent biases), so an absent bias is a zero one here. dL/dz takes its
@@ -139,11 +126,11 @@ def test_emulated_cuda_kernels_match_reference(emulation, case, dtype):
 
 def test_cases_cover_tiles_and_splits(emulation):
     """The shapes above reach the multi-tile and multi-split paths of the backward launch plan."""
-    lib = _lib(emulation)
+    lib = emulation.loaded()
     plans = []
     for case in CASES:
         out = (ctypes.c_int64 * 4)()
-        _check(lib, lib.dwsep_emu_backward_plan(_shape(case), out), "backward plan")
+        check(lib.dwsep_emu_last_error, lib.dwsep_emu_backward_plan(_shape(case), out), "backward plan")
         plans.append(list(out))  # dw splits, pw splits, C_in tiles, C_out tiles
     assert any(plan[0] > 1 for plan in plans), plans
     assert any(plan[1] > 1 for plan in plans), plans
