@@ -67,7 +67,7 @@ gpu-check:
 
 # Every benchmark (pytest bench --benchmark-only), rendered as docs/benchmarks.md with charts.
 bench: setup
-	$(PY) -m bench.report
+	$(PY) -m bench.report --readme README.md
 
 clean:
 	rm -rf build $(VENV) .pytest_cache .benchmarks

@@ -1,2 +1,2 @@
-"""Benchmarks of rtda_kernels: pytest-benchmark suites (``pytest bench``) and a one-process
-side-by-side summary (``python -m bench.summary``), sharing the workloads in ``bench.subjects``."""
+"""Benchmarks of rtda_kernels and rtda: pytest-benchmark suites (``pytest bench``), rendered by
+``python -m bench.report``, sharing the workloads in ``bench.subjects``."""

@@ -4,7 +4,7 @@ Seeds the global RNGs before every test. Which shapes a suite runs is decided in
 (``pytest_generate_tests`` in ``test_dwsep_conv2d.py``): the real ones by default and with
 ``--benchmark-only``, a tiny one when pytest-benchmark is disabled (``--benchmark-disable``).
 Before any test, the allocator setting of every timing tool here is applied
-(``rtda.complexity.timing_allocator``: glibc malloc keeps freed memory, so that times do not
+(``rtda.timing.timing_allocator``: glibc malloc keeps freed memory, so that times do not
 depend on test order); ``--bench-default-malloc`` leaves malloc as it is. Which one ran is
 recorded in the JSON (``--benchmark-json``) under ``rtda_allocator``, and ``bench.report`` prints it
 beside the tables.
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from bench.report import ALLOCATOR_KEY
-from rtda.complexity import timing_allocator
+from rtda.timing import timing_allocator
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -15,7 +15,6 @@ training, so the fraction that matters is load time / step time.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rtda.complexity import timing_allocator
+from rtda.timing import time_interleaved, timing_allocator
 from rtda.data import GTA5, SegmentationTransform, collate
 from rtda.data.labels import LABEL_ID_PALETTE
 from rtda.data.toy_scenes import SOURCE, draw_scene
@@ -59,14 +58,10 @@ def _loader_seconds_per_batch(dataset, batch_size: int, workers: int, batches: i
 
 
 def _step_seconds(model, batch: dict, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    def step() -> None:
         outputs = model(batch["image"])
-        loss = sum(F.cross_entropy(o, batch["label"], ignore_index=255) for o in outputs)
-        loss.backward()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        sum(F.cross_entropy(o, batch["label"], ignore_index=255) for o in outputs).backward()
+    return time_interleaved({"step": step}, repeats, torch.device("cpu"))["step"] / 1e3
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,10 +9,11 @@ one training iteration (BiSeNet-R18/-R101 with each discriminator, source and ta
 2x3x512x1024) and BiSeNet inference at 1024x512 and 2048x1024 in float32 and float16.
 
 Every case is checked once against eager PyTorch in exact float32, then warmed up, then timed
-(repeats sized to ``FULL_TIMING.case_seconds`` each). The cases without ``torch.compile`` run first, the
-compile cases after them while the time budget (``--budget-s``) lasts: a compile case starts only
-if its estimated compile time (a guess per workload, rescaled by the compile times seen so far)
-still fits; the others are listed as skipped. A second run is faster (inductor's caches).
+(repeats sized to ``FULL_TIMING.case_seconds`` each). The cases without ``torch.compile`` run
+first, the compile cases after them while the time budget (``--budget-s``) lasts: a compile case
+starts only if its estimated compile time (a guess per workload, rescaled by the compile times
+seen so far) still fits; the others are listed as skipped. A second run is faster (inductor's
+caches).
 On a CPU, ``fused-triton`` runs under ``TRITON_INTERPRET=1`` (set here before Triton loads).
 Exit status 1 when any case raised or missed its tolerance; the page is written either way.
 """
@@ -276,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gpu_workloads.compile_backend = args.compile_backend
     if device == "cuda":
         torch.backends.cudnn.benchmark = True  # what a training or inference script sets
-    from rtda.complexity import timing_allocator
+    from rtda.timing import timing_allocator
 
     allocator = timing_allocator()  # host memory: the same setting as every timing tool here
     budget = args.budget_s if args.budget_s is not None else (

@@ -8,12 +8,9 @@
 - ``saved_for_backward_bytes(fn)``: the bytes of the tensors autograd saves for backward while fn
   runs, via ``torch.autograd.graph.saved_tensors_hooks``; each storage is counted once (a layer's
   output saved by itself and by the next layer is one buffer). Zero under ``torch.no_grad``.
-- ``retain_freed_memory()``: makes glibc malloc keep freed memory for reuse. It lives in
-  ``rtda.complexity`` with ``timing_allocator()``, the one allocator setting every timing tool of
-  the repository applies (and prints beside its figures): under glibc's defaults every pass pays
-  page faults on its new tensors, in an amount that depends on what ran before, which favours
-  whoever allocates most (usually eager) and inflates the fused op's speed-ups
-  (``--bench-default-malloc`` / ``bench.summary --default-malloc`` show them).
+
+Timing runs under ``rtda.timing.timing_allocator()`` (freed memory kept), the one allocator
+setting of every timing tool here; ``--bench-default-malloc`` measures without it.
 """
 
 from __future__ import annotations
@@ -22,8 +19,6 @@ from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-
-from rtda.complexity import retain_freed_memory, timing_allocator  # noqa: F401 (re-exported)
 
 MB = 2**20
 _MEMORY_EVENT = "[memory]"

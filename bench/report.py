@@ -1,13 +1,13 @@
 """``python -m bench.report``: run the benchmarks and render ``docs/benchmarks.md`` with charts.
 
-Runs ``pytest bench --benchmark-only --benchmark-json=...`` (or reads an existing JSON with
-``--json``), then writes one Markdown page: a table per section (kernels, the Winograd conv,
-discriminators, a training iteration, BiSeNet inference) with each provider's median time and its speed-up over the
-baseline of its group (``eager``, or ``plain`` for the training step), measured side by side in
-one run; a PNG bar chart per section; the machine (CPU model, cores, SIMD, library versions); and
-the roofline of the fused depthwise-separable layers (``bench.roofline``).
+The one benchmark front-end. It runs ``pytest bench --benchmark-only --benchmark-json=...`` (or
+reads an existing JSON with ``--json``) and writes one page: a headline (the fused providers
+against eager and torch.compile), a table per section with each provider's median and its
+speed-up over the group's baseline, the memory of each forward+backward pass, a PNG bar chart per
+section, the machine, and the roofline of the fused depthwise-separable layers
+(``bench.roofline``). ``--readme README.md`` puts the headline into the README as well.
 
-    python -m bench.report                              # everything (about 10 minutes here)
+    python -m bench.report --readme README.md           # everything (`make bench`)
     python -m bench.report -k "inference and resnet18"  # a subset (pytest -k)
     python -m bench.report --json results.json          # render only
 """
@@ -49,6 +49,7 @@ class Group:
 
     name: str
     medians: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, tuple[float, float]] = field(default_factory=dict)  # (peak, saved) MB
 
     @property
     def baseline(self) -> str | None:
@@ -74,6 +75,9 @@ def load_groups(results: dict) -> dict[str, list[Group]]:
         groups = sections.setdefault(SECTIONS[file], {})
         group = groups.setdefault(bench["group"], Group(bench["group"]))
         group.medians[provider] = bench["stats"]["median"]
+        extra = bench.get("extra_info") or {}
+        if "peak_mb" in extra:
+            group.memory[provider] = (float(extra["peak_mb"]), float(extra.get("saved_mb", 0.0)))
     return {title: list(sections[title].values()) for title in SECTIONS.values()
             if title in sections}
 
@@ -106,6 +110,68 @@ def section_table(groups: list[Group]) -> str:
                  *[_times(group.speedup(p)) for p in faster]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def memory_table(groups: list[Group]) -> str:
+    """Markdown: peak and saved-for-backward MB per provider of each fwd+bwd group that has them."""
+    groups = [g for g in groups if g.memory and "fwd+bwd" in g.name]
+    if not groups:
+        return ""
+    providers = providers_of(groups)
+    header = ["workload", *[f"{p} peak MB" for p in providers],
+              *[f"{p} saved MB" for p in providers]]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for group in groups:
+        cells = [group.name]
+        for index in (0, 1):
+            cells += [f"{group.memory[p][index]:,.1f}" if p in group.memory else ""
+                      for p in providers]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# The README's headline rows: group names that start with one of these, in this order.
+HEADLINE = ("light_thin stack fwd (", "light_thin stack fwd+bwd (", "adversarial_loss fwd+bwd (",
+            "discriminator_loss fwd+bwd (", "fcd_light fwd+bwd (", "fcd_light_thin fwd+bwd (",
+            "train step fcd_light_thin (")
+README_BEGIN, README_END = "<!-- bench.report:headline -->", "<!-- /bench.report:headline -->"
+
+
+def headline_table(results: dict) -> str:
+    """Markdown: the fused provider against its baseline and torch.compile on the workloads the
+    README shows, with both peaks where measured; the same rows open docs/benchmarks.md."""
+    groups = [g for section in load_groups(results).values() for g in section]
+    rows = ["| workload | fused vs eager | fused vs torch.compile | peak MB, eager -> fused |",
+            "|---|---:|---:|---:|"]
+    for prefix in HEADLINE:
+        for group in (g for g in groups if g.name.startswith(prefix) and "fused" in g.medians):
+            compiled = group.medians.get("compile")
+            versus = "" if compiled is None else _times(compiled / group.medians["fused"])
+            base = group.baseline
+            peak = (f"{group.memory[base][0]:,.1f} -> {group.memory['fused'][0]:,.1f}"
+                    if base in group.memory and "fused" in group.memory else "")
+            rows.append(f"| {group.name} | {_times(group.speedup('fused'))} | {versus} | {peak} |")
+    return "\n".join(rows)
+
+
+def readme_block(results: dict) -> str:
+    """What ``--readme`` puts between the README's markers: the headline and its origin."""
+    when = results.get("datetime", "unknown date")
+    cpu = next((line for line in (results.get(MACHINE_KEY) or {}).get("description", [])
+                if line.startswith("CPU:")), "CPU: not recorded")
+    return (f"{headline_table(results)}\n\nFrom `python -m bench.report` ({when}; {cpu}); "
+            "every table, the memory figures and the roofline: "
+            "[docs/benchmarks.md](docs/benchmarks.md).")
+
+
+def update_readme(path: Path, results: dict) -> None:
+    """Replace what lies between the README's headline markers with ``readme_block``."""
+    text = path.read_text()
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"{path} has no '{README_BEGIN}' ... '{README_END}' block to fill")
+    start = begin + len(README_BEGIN)
+    path.write_text(text[:start] + "\n" + readme_block(results) + "\n" + text[end:])
 
 
 def section_chart(title: str, groups: list[Group], path: Path) -> Path:
@@ -174,6 +240,17 @@ def roofline_table(groups: list[Group], machine) -> str:
     return header + "\n" + "\n".join(rows) if rows else ""
 
 
+# How the figures are taken: rendered on the page, once.
+METHOD = (
+    "Each benchmark checks its result against eager once at the timed shape, then times its "
+    "rounds after warm-up (`torch.compile` compiles during warm-up). `eager` is plain PyTorch as "
+    "a user writes it, `compile` is `torch.compile` of it, `fused` is `rtda_kernels` on its "
+    "`cpu` backend; `plain` and `fused` in the training step are `python -m rtda.train` without "
+    "and with `--fused`. \"peak MB\" is the CPU allocator's peak during one forward+backward "
+    "pass and \"saved MB\" what autograd keeps for backward (`bench/memory.py`), measured once "
+    "outside the timed rounds. Timings on a shared machine are noisy: compare the ratios of one "
+    "run, and re-run on your machine (`make bench`).")
+
 # The key under which a run's JSON records the machine it ran on (see record_machine).
 MACHINE_KEY = "rtda_machine"
 # The key under which bench/conftest.py records the allocator setting the run was timed under.
@@ -181,7 +258,7 @@ ALLOCATOR_KEY = "rtda_allocator"
 
 
 def allocator_line(results: dict) -> str:
-    """Which allocator setting the benchmarks ran under (rtda.complexity.timing_allocator)."""
+    """Which allocator setting the benchmarks ran under (rtda.timing.timing_allocator)."""
     recorded = results.get(ALLOCATOR_KEY)
     return f"Allocator: {recorded}" if recorded else (
         "Allocator: not recorded in the JSON (a run from before bench/conftest.py recorded it)")
@@ -221,10 +298,14 @@ def render(results: dict, out: Path, command: str, machine=None) -> Path:
              "`plain` for the training step) divided by the provider's, measured side by side in "
              "one run: higher is faster.", ""]
     lines += [f"- {line}" for line in [*description, allocator_line(results)]] + [""]
+    lines += ["## Headline", "", headline_table(results), "", METHOD, ""]
     for index, (title, groups) in enumerate(sections.items()):
         chart = section_chart(title, groups, images / f"section{index + 1}.png")
-        lines += [f"## {title}", "", section_table(groups), "",
-                  f"![{title}]({chart.relative_to(out.parent).as_posix()})", ""]
+        lines += [f"## {title}", "", section_table(groups), ""]
+        memory = memory_table(groups)
+        if memory:
+            lines += ["Memory of one forward+backward pass (`bench.memory`):", "", memory, ""]
+        lines += [f"![{title}]({chart.relative_to(out.parent).as_posix()})", ""]
     dwsep = sections.get(SECTIONS["test_dwsep_conv2d.py"])
     if dwsep:
         if machine is None:
@@ -262,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", dest="select", default=None,
                         help="run only the benchmarks pytest -k selects")
     parser.add_argument("--out", default="docs/benchmarks.md", help="the page to write")
+    parser.add_argument("--readme", default=None, metavar="FILE",
+                        help="also fill FILE's headline block (between "
+                        f"'{README_BEGIN}' and '{README_END}'); `make bench` passes README.md")
     args = parser.parse_args(argv)
+    if args.readme is not None and args.select:
+        parser.error("--readme needs the full run: the headline of a -k subset would be partial")
     command = "python -m bench.report" + (f" -k {args.select!r}" if args.select else "")
     if args.json is not None:
         json_path = Path(args.json)
@@ -284,10 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = json.loads(json_path.read_text())
         out = render(results, Path(args.out), command)
-    except (ValueError, KeyError) as err:
+        if args.readme is not None:
+            update_readme(Path(args.readme), results)
+    except (ValueError, KeyError, OSError) as err:
         print(f"error: cannot render {json_path}: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {out} (from {json_path})")
+    print(f"wrote {out}" + (f" and {args.readme}'s headline" if args.readme else "")
+          + f" (from {json_path})")
     return 0
 
 

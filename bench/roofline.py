@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from bench.subjects import KERNEL, LIGHT_THIN_LAYERS, PADDING, STRIDE
-from rtda.complexity import timing_allocator
+from rtda.timing import timing_allocator
 
 FLOAT_BYTES = 4
 

@@ -1,4 +1,4 @@
-"""What the benchmarks measure, built in one place for the pytest suite and ``bench.summary``.
+"""What the benchmarks measure, built in one place for the pytest suites and ``bench.gpu``.
 
 A *subject* is a workload (the fused op alone, the FCD-Light&Thin discriminator stack, or one of
 the pixel-wise adversarial losses) built once per process, with one callable per *provider*:
@@ -214,7 +214,7 @@ def build_light_thin(seed: int = 0) -> Subject:
     return Subject("light_thin stack", models, [*eager.parameters(), *fused.parameters()])
 
 
-# Subject ids (as used in test ids and ``bench.summary --subject``) -> builders.
+# Subject ids (as used in test ids) -> builders.
 SUBJECTS: dict[str, Callable[[], Subject]] = {"op": build_op, "light_thin": build_light_thin}
 
 
@@ -279,7 +279,7 @@ def build_discriminator_loss(output_size: tuple[int, int] | None) -> Subject:
     return Subject("discriminator_loss", models, inputs=2, output_size=size)
 
 
-# Loss subject ids (test ids, ``bench.summary --subject``) -> builders, given the output size.
+# Loss subject ids (test ids) -> builders, given the output size.
 LOSS_SUBJECTS: dict[str, Callable[[tuple[int, int] | None], Subject]] = {
     "adversarial_loss": build_adversarial_loss,
     "discriminator_loss": build_discriminator_loss,

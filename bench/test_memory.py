@@ -14,8 +14,9 @@ import sys
 import pytest
 import torch
 
-from bench.memory import MB, peak_allocated_bytes, retain_freed_memory, saved_for_backward_bytes
+from bench.memory import MB, peak_allocated_bytes, saved_for_backward_bytes
 from bench.subjects import LOSS_SHAPES, LOSS_SUBJECTS, make_case, make_inputs, warm_up
+from rtda.timing import retain_freed_memory
 
 
 def test_peak_counts_a_tensor_made_inside() -> None:

@@ -10,21 +10,16 @@ convolutions and matmuls, per image, counted on the meta device so no memory or 
 times as the median of ``--repeats`` runs after one warm-up, eager and fused interleaved so that
 noise hits both alike.
 
-Every timing tool of the repository (this report, ``bench.summary``, ``pytest bench`` and
-``bench.report``, ``bench.gpu`` on the CPU, ``bench.data_loading``, ``bench.roofline``) times
-under the one allocator setting of ``timing_allocator`` below, and prints it beside its figures.
+Times are taken with ``rtda.timing`` (interleaved medians, under the allocator setting every
+timing tool of the repository shares).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import json
-import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,57 +29,11 @@ from torch.utils.flop_counter import FlopCounterMode
 import rtda_kernels
 from rtda.cli import add_version
 from rtda.machine import cpu_description
+from rtda.timing import time_interleaved, timing_allocator
 from rtda.models import BACKBONES, DISCRIMINATORS, build_discriminator, build_segmenter
 
 DISCRIMINATOR_INPUT = (19, 512, 1024)
 SEGMENTER_INPUTS = ((3, 512, 1024), (3, 1024, 2048))
-
-
-# mallopt parameters, from glibc's <malloc.h>; 1 GiB: every tensor the benchmarks make fits.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_RETAIN_BYTES = 2**30
-RETAINED_MALLOC = ("glibc malloc keeps freed memory (mallopt M_MMAP_THRESHOLD = M_TRIM_THRESHOLD "
-                   "= 1 GiB)")
-DEFAULT_MALLOC = "glibc malloc defaults (--default-malloc)"
-_allocator: str | None = None
-
-
-def retain_freed_memory() -> bool:
-    """Make glibc malloc reuse freed blocks instead of mapping and unmapping them per tensor
-    (``mallopt`` of M_MMAP_THRESHOLD and M_TRIM_THRESHOLD). False where that is not possible.
-
-    Why: by default glibc serves big blocks with fresh ``mmap``s that ``free`` returns to the OS,
-    so every pass pays page faults on its new tensors, in an amount that depends on what ran
-    before (glibc's threshold adapts): the same eager forward ran more than twice as slow before
-    any backward had run as after. It favours whoever allocates most (usually eager): measured
-    for fcd_light_thin at batch 1, the fused speed-ups were 3.43x / 3.02x (fwd / fwd+bwd) under
-    the defaults and 2.19x / 2.36x with freed memory kept."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, _RETAIN_BYTES)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, _RETAIN_BYTES)
-    )
-
-
-def timing_allocator(default_malloc: bool = False) -> str:
-    """Apply the allocator setting of every timing tool here (freed memory kept, unless
-    ``default_malloc``) and return the line that says which one the figures were measured under.
-    Called once per process, before anything is timed; later calls return the first answer
-    (glibc cannot be put back)."""
-    global _allocator
-    if _allocator is None:
-        if default_malloc:
-            _allocator = DEFAULT_MALLOC
-        elif retain_freed_memory():
-            _allocator = RETAINED_MALLOC
-        else:
-            _allocator = f"the C library's malloc defaults (mallopt unavailable on {sys.platform})"
-    return _allocator
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -99,28 +48,6 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         meta(x)
     return int(counter.get_total_flops())
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(steps: dict[str, Callable[[], object]], repeats: int,
-                     device: torch.device) -> dict[str, float]:
-    """Median milliseconds of each step over ``repeats`` runs after one warm-up each, the steps
-    taking turns so that the machine's noise is shared."""
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for step in steps.values():
-        step()
-    _synchronize(device)
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            _synchronize(device)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:

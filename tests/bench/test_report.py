@@ -11,7 +11,7 @@ import pytest
 
 from bench import report
 from bench.roofline import Machine, layer_work, subject_work
-from rtda.complexity import RETAINED_MALLOC
+from rtda.timing import RETAINED_MALLOC
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,3 +119,48 @@ def test_report_from_a_real_tiny_benchmark_run(tmp_path):
 def test_milliseconds_keep_three_digits_below_ten():
     assert report._ms(0.000234) == "0.234" and report._ms(0.0123) == "12.3"
     assert report._ms(1.5) == "1,500.0" and report._ms(None) == ""
+
+
+def _with_memory(results: dict) -> dict:
+    for bench, peak in zip(results["benchmarks"][:3], (60.0, 90.0, 30.0)):
+        bench["extra_info"] = {"peak_mb": peak, "saved_mb": peak / 2}
+        bench["group"] = bench["group"].replace(" fwd ", " fwd+bwd ")
+    return results
+
+
+def test_headline_and_memory_tables(tmp_path):
+    results = _with_memory(_results())
+    headline = report.headline_table(results)
+    assert "| light_thin stack fwd+bwd (1,19,512,1024) | 2.50x | 2.00x | 60.0 -> 30.0 |" in headline
+    assert "| train step fcd (2,3,256,512) |" not in headline  # not a headline workload
+    page = report.render(results, tmp_path / "b.md", "x", machine=Machine(1e9, 1e9)).read_text()
+    assert "## Headline" in page and headline in page
+    assert ("| light_thin stack fwd+bwd (1,19,512,1024) | 60.0 | 90.0 | 30.0 | 30.0 | 45.0 | 15.0 |"
+            in page)
+
+
+def test_readme_block_is_replaced_between_the_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{report.README_BEGIN}\nold table\n{report.README_END}\nrest\n")
+    data = tmp_path / "run.json"
+    data.write_text(json.dumps(_with_memory(_results())))
+    assert report.main(["--json", str(data), "--out", str(tmp_path / "b.md"),
+                        "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# x\n") and text.endswith("rest\n")
+    assert report.headline_table(json.loads(data.read_text())) in text
+    readme.write_text("no markers\n")
+    assert report.main(["--json", str(data), "--out", str(tmp_path / "b.md"),
+                        "--readme", str(readme)]) == 2
+    with pytest.raises(SystemExit):
+        report.main(["-k", "op", "--readme", str(readme)])
+
+
+def test_the_readme_headline_is_the_committed_run():
+    """README.md's benchmark block is what ``--readme`` renders from docs/benchmarks.json: no
+    figure there is copied by hand (re-render with ``python -m bench.report --json
+    docs/benchmarks.json --readme README.md``)."""
+    results = json.loads((ROOT / "docs" / "benchmarks.json").read_text())
+    text = (ROOT / "README.md").read_text()
+    begin = text.index(report.README_BEGIN) + len(report.README_BEGIN)
+    assert text[begin:text.index(report.README_END)].strip() == report.readme_block(results)
