@@ -1,4 +1,4 @@
-"""Reading and writing checkpoints, and rebuilding a segmenter from one.
+"""The checkpoint file: atomic writes, a verified digest, and a segmenter rebuilt from one.
 
 A checkpoint is a ``torch.save``d dict with at least ``model`` (the segmenter's state_dict) and,
 when training wrote it, ``config`` (``backbone``, ``num_classes``, ``resolution`` as [height,

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from rtda.checkpoints import CheckpointError, load_segmenter
+from rtda.checkpoint_io import CheckpointError, load_segmenter
 from rtda.cli import add_version
 from rtda.data import DATASETS, DatasetError, SegmentationDataset, build_dataset, collate
 from rtda.data.labels import train_ids_to_label_ids

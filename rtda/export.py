@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rtda.checkpoints import CheckpointError, load_segmenter, read_checkpoint
+from rtda.checkpoint_io import CheckpointError, load_segmenter, read_checkpoint
 from rtda.cli import add_version
 from rtda.data.images import BadSampleError, read_rgb
 from rtda.data.transforms import parse_size

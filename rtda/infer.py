@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from rtda.checkpoints import CheckpointError
+from rtda.checkpoint_io import CheckpointError
 from rtda.cli import add_version
 from rtda.data.images import BadSampleError, read_rgb
 from rtda.data.labels import NUM_CLASSES, colorize, train_ids_to_label_ids
 from rtda.data.transforms import parse_size
+from rtda.models import OUTPUT_STRIDE
 from rtda.runtime import PRECISIONS, Segmenter
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 import rtda_kernels
-from rtda.checkpoints import load_segmenter
+from rtda.checkpoint_io import load_segmenter
 from rtda.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from rtda.devices import resolve_device
 from rtda.models import OUTPUT_STRIDE, BiSeNet

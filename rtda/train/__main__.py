@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rtda.checkpoints import CheckpointError
+from rtda.checkpoint_io import CheckpointError
 from rtda.cli import add_version
 from rtda.data import DatasetError
 from rtda.models import BACKBONES, DISCRIMINATORS
-from rtda.train import checkpointing, rundir
+from rtda.train import run_checkpoints, rundir
 from rtda.train.config import (
     AMP_MODES,
     PRESETS,
@@ -110,8 +110,8 @@ def _resume(parser: argparse.ArgumentParser, args: argparse.Namespace):
         parser.error("--resume continues with the run's saved config; it cannot be combined "
                      "with " + ", ".join(f"--{c.replace('_', '-')}" for c in conflicts))
     corrupt: list[str] = []
-    path = checkpointing.latest(args.resume, intact=args.resume_intact, skipped=corrupt)
-    state = checkpointing.read(path)
+    path = run_checkpoints.latest(args.resume, intact=args.resume_intact, skipped=corrupt)
+    state = run_checkpoints.read(path)
     saved = dict(state["config"])
     preset = saved.pop("preset")
     # the learning-rate schedule keeps its horizon when --iterations changes

@@ -24,18 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
-from rtda.data import Cityscapes, SegmentationTransform, build_dataset, collate
+from rtda.data import Cityscapes, SegmentationTransform, build_dataset
 from rtda.data.toy import ensure_toy
 from rtda.devices import resolve_device
 from rtda.evaluate import evaluate
 from rtda.models import build_discriminator, build_segmenter
 from rtda.models.discriminators import WIDTHS
-from rtda.train import checkpointing
+from rtda.train import run_checkpoints
 from rtda.train.config import TrainConfig, save_config
 from rtda.train.distributed import (
-    World,
     any_flag,
     barrier,
     init_world,
@@ -43,8 +41,8 @@ from rtda.train.distributed import (
     unwrap,
     wrap,
 )
-from rtda.train.sampler import ResumableSampler
 from rtda.train.step import StepSettings, train_step
+from rtda.train.streams import DataStream
 
 LOSSES = ("seg", "adv", "d")
 
@@ -56,37 +54,6 @@ class TrainingDiverged(RuntimeError):
 def poly(horizon: int, power: float):
     """The poly learning-rate factor of iteration ``i``: ``(1 - i / horizon) ** power``."""
     return lambda i: max(0.0, 1 - i / horizon) ** power
-
-
-class _DataStream:
-    """An endless iterator of batches whose position (samples consumed) is checkpointed."""
-
-    def __init__(self, dataset, batch_size: int, world: World, seed: int, workers: int,
-                 consumed: int = 0, on_skip=None) -> None:
-        self.dataset, self.consumed, self.global_batch = dataset, consumed, batch_size
-        self.on_skip = on_skip
-        local = batch_size // world.size
-        sampler = ResumableSampler(len(dataset), seed=seed, start=consumed,
-                                   num_replicas=world.size, rank=world.rank)
-        self.loader = DataLoader(dataset, batch_size=local, sampler=sampler, collate_fn=collate,
-                                 num_workers=workers, persistent_workers=workers > 0,
-                                 pin_memory=torch.cuda.is_available())
-        self._iterator = iter(self.loader)
-
-    def next(self, device: torch.device) -> dict[str, Any]:
-        """The next batch; with ``skip_bad`` its unreadable samples are reported and left out (a
-        batch left empty is followed by the next one)."""
-        while True:
-            batch = next(self._iterator)
-            self.consumed += self.global_batch
-            for path, reason in batch["skipped"]:
-                self.on_skip(path, reason)
-            if batch["image"] is not None:
-                break
-        out = {"image": batch["image"].to(device, non_blocking=True)}
-        if "label" in batch:
-            out["label"] = batch["label"].to(device, non_blocking=True)
-        return out
 
 
 class Trainer:
@@ -147,13 +114,13 @@ class Trainer:
             source_name = "gta5" if c.source == "toy" else c.source
             source = build_dataset(source_name, source_root, transform=transform,
                                    list_file=c.source_list, skip_bad=c.skip_bad)
-        self.source = _DataStream(source, c.batch_size, self.world, c.seed, c.workers,
+        self.source = DataStream(source, c.batch_size, self.world, c.seed, c.workers,
                                   consumed.get("source", 0), self._skip)
         self.target = None
         if c.mode == "adapt":
             target = Cityscapes(target_root, "train", labels=False, transform=transform,
                                 list_file=c.target_list, skip_bad=c.skip_bad)
-            self.target = _DataStream(target, c.batch_size, self.world, c.seed + 1, c.workers,
+            self.target = DataStream(target, c.batch_size, self.world, c.seed + 1, c.workers,
                                       consumed.get("target", 0), self._skip)
         for dataset in (source, *([target] if c.mode == "adapt" else [])):
             for path, reason in dataset.skipped:  # found while listing the files
@@ -196,7 +163,7 @@ class Trainer:
                  "seg_optimizer": self.seg_optimizer.state_dict(),
                  "seg_scheduler": self.seg_scheduler.state_dict(),
                  "iteration": self.iteration, "best_miou": self.best_miou,
-                 "rng": checkpointing.rng_state(), "config": self.config.as_dict(),
+                 "rng": run_checkpoints.rng_state(), "config": self.config.as_dict(),
                  "data": {"source": self.source.consumed,
                           "target": self.target.consumed if self.target else 0}}
         for name, obj in optional.items():
@@ -216,16 +183,16 @@ class Trainer:
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best_miou = int(state["iteration"]), float(state["best_miou"])
-        checkpointing.set_rng_state(state["rng"])
+        run_checkpoints.set_rng_state(state["rng"])
 
     def save(self, name: str) -> Path | None:
         if not self.world.is_main:
             return None
         if self._on_disk is not None and self._on_disk[0] == self.iteration and (
                 (self.out / self._on_disk[1]).is_file()):
-            path = checkpointing.link(self.out, self._on_disk[1], name)  # the same state
+            path = run_checkpoints.link(self.out, self._on_disk[1], name)  # the same state
         else:
-            path = checkpointing.write(self.state(), self.out, name)
+            path = run_checkpoints.write(self.state(), self.out, name)
         self._on_disk = (self.iteration, name)
         return path
 
@@ -248,7 +215,7 @@ class Trainer:
 
     def _open_logs(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        stale = checkpointing.clean_stale(self.out)
+        stale = run_checkpoints.clean_stale(self.out)
         save_config(self.config, self.out / "config.yaml")
         self._trim_logs()
         self._csv_new = not (self.out / "metrics.csv").exists()

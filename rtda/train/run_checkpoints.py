@@ -3,10 +3,10 @@
 A checkpoint holds the segmenter (``model``, the key ``rtda.evaluate`` reads), the discriminator,
 both optimisers and schedulers, the AMP scaler, the RNG states (torch, NumPy, Python, CUDA), the
 iteration, how many samples each data stream has consumed, the best validation mIoU, and the
-resolved config. Files are written atomically (:func:`rtda.checkpoints.save_atomic`):
+resolved config. Files are written atomically (:func:`rtda.checkpoint_io.save_atomic`):
 ``iter_NNNNNN.pt`` every ``checkpoint_every`` iterations (the newest ``KEEP`` are kept), ``last.pt``
 when the run ends or is stopped, ``best.pt`` at the best validation mIoU. Each carries a checksum
-(:mod:`rtda.checkpoints`). Resuming picks the intact file with the highest iteration.
+(:mod:`rtda.checkpoint_io`). Resuming picks the intact file with the highest iteration.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rtda.checkpoints import CheckpointError, load, save_atomic
+from rtda.checkpoint_io import CheckpointError, load, save_atomic
 
 KEEP = 2
 FORMAT = "rtda-train-1"

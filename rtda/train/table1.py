@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from rtda.cli import add_version
-from rtda.train import checkpointing, rundir
+from rtda.train import run_checkpoints, rundir
 from rtda.train.config import resolve_config
 from rtda.train.run import Trainer
 
@@ -46,7 +46,7 @@ def run_row(slug: str, overrides: dict, seed: int, out: Path, extra: dict, progr
     with rundir.claim(run_dir, resume=resume, overwrite=overwrite):
         state = None
         if resume and ((run_dir / "last.pt").exists() or any(run_dir.glob("iter_*.pt"))):
-            state = checkpointing.read(checkpointing.latest(run_dir))
+            state = run_checkpoints.read(run_checkpoints.latest(run_dir))
             if state["iteration"] >= config.iterations:
                 miou = _final_miou(run_dir, config.iterations)
                 if miou is not None:

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from rtda import evaluate, export, infer
-from rtda.checkpoints import CheckpointError, load_segmenter, read_checkpoint, save_atomic
+from rtda.checkpoint_io import CheckpointError, load_segmenter, read_checkpoint, save_atomic
 from rtda.data.images import read_rgb
 from rtda.models import build_discriminator, build_segmenter
 from rtda.runtime import Segmenter
-from rtda.train import checkpointing
+from rtda.train import run_checkpoints
 from rtda.train.__main__ import main as train
 
 RESOLUTION = [32, 64]
@@ -105,13 +105,13 @@ def test_resume_refuses_a_corrupt_newest_checkpoint_and_offers_the_intact_one(to
     assert train(["--resume", str(run), "--resume-intact", "--iterations", "3", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "from iter_000001.pt (iteration 1)" in err and "skipped" in err
-    assert checkpointing.read(run / "last.pt")["iteration"] == 3
+    assert run_checkpoints.read(run / "last.pt")["iteration"] == 3
 
 
 def test_no_intact_checkpoint_left(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="is empty.*no intact checkpoint is left"):
-        checkpointing.latest(tmp_path)
+        run_checkpoints.latest(tmp_path)
 
 
 # -- a full disk ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from rtda import evaluate as ev
-from rtda.checkpoints import CheckpointError, load_segmenter, read_checkpoint, save_atomic
+from rtda.checkpoint_io import CheckpointError, load_segmenter, read_checkpoint, save_atomic
 from rtda.data import Cityscapes, SegmentationTransform
 from rtda.figures import figure_size
 from rtda.models import build_segmenter

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from rtda import export
-from rtda.checkpoints import save_atomic
+from rtda.checkpoint_io import save_atomic
 from rtda.data.toy import ToyConfig, generate_toy
 from rtda.models import build_discriminator, build_segmenter
 
@@ -68,7 +68,7 @@ def test_dynamic_size_export_runs_at_other_sizes(tmp_path, checkpoint):
     out = tmp_path / "dyn.onnx"
     assert export.main(["--checkpoint", str(checkpoint), "--output", str(out),
                         "--dynamic-size", "--no-check"]) == 0
-    from rtda.checkpoints import load_segmenter
+    from rtda.checkpoint_io import load_segmenter
     from rtda.runtime import prepare_for_inference
 
     lean = prepare_for_inference(load_segmenter(checkpoint)[0], winograd=False)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from rtda import infer
-from rtda.checkpoints import save_atomic
+from rtda.checkpoint_io import save_atomic
 from rtda.data.labels import TRAIN_ID_TO_LABEL_ID, colorize
 from rtda.models import build_segmenter
 from rtda.runtime import Segmenter
@@ -127,3 +127,18 @@ def test_bad_input(tmp_path, checkpoint, capsys):
     assert "not a BiSeNet" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         infer.main([*base, "--input", str(tmp_path / "in"), "--alpha", "2"])
+
+
+def test_resolution_flag(tmp_path, checkpoint, capsys):
+    """--resolution WxH overrides the checkpoint's; one that is not a multiple of 32 is a
+    one-line usage error."""
+    arrays = _images(tmp_path / "in", [(40, 70)])
+    out = tmp_path / "out"
+    assert infer.main(["--checkpoint", str(checkpoint), "--input", str(tmp_path / "in"),
+                       "--output", str(out), "--resolution", "64x32", "--quiet"]) == 0
+    expected = Segmenter(checkpoint, resolution=(32, 64)).predict(arrays["img0"])
+    assert np.array_equal(np.asarray(Image.open(out / "trainIds" / "img0.png")), expected)
+    with pytest.raises(SystemExit) as exit_info:
+        infer.main(["--checkpoint", str(checkpoint), "--input", str(tmp_path / "in"),
+                    "--output", str(out), "--resolution", "70x32"])
+    assert exit_info.value.code == 2 and "--resolution" in capsys.readouterr().err

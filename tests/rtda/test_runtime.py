@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from rtda.checkpoints import CheckpointError, save_atomic
+from rtda.checkpoint_io import CheckpointError, save_atomic
 from rtda.data.transforms import SegmentationTransform
 from rtda.evaluate import predict_full_resolution
 from rtda.models import build_segmenter

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from rtda.models import build_discriminator, build_segmenter
-from rtda.train import checkpointing
+from rtda.train import run_checkpoints
 from rtda.train.__main__ import main
 from rtda.train.config import resolve_config
 from rtda.train.run import Trainer, TrainingDiverged
@@ -156,7 +156,7 @@ def test_each_mode_trains_and_checkpoints(toy, tmp_path, mode):
     assert result["iteration"] == 2 and result["reason"] == "finished"
     assert result["val_miou"] is not None and 0 <= result["val_miou"] <= 1
     assert set(result["losses"]) == ({"seg", "adv", "d"} if mode == "adapt" else {"seg"})
-    state = checkpointing.read(tmp_path / mode / "last.pt")
+    state = run_checkpoints.read(tmp_path / mode / "last.pt")
     assert ("discriminator" in state) == (mode == "adapt")
     assert (tmp_path / mode / "best.pt").is_file() and (tmp_path / mode / "config.yaml").is_file()
     rows = (tmp_path / mode / "metrics.jsonl").read_text().splitlines()
@@ -172,8 +172,8 @@ def test_resume_reaches_the_same_state(toy, tmp_path):
     Trainer(_config(toy, tmp_path / "part", iterations=2, schedule_iterations=4),
             progress=False).train()
     assert main(["--resume", str(tmp_path / "part"), "--iterations", "4", "--quiet"]) == 0
-    whole = checkpointing.read(tmp_path / "whole" / "last.pt")
-    part = checkpointing.read(tmp_path / "part" / "last.pt")
+    whole = run_checkpoints.read(tmp_path / "whole" / "last.pt")
+    part = run_checkpoints.read(tmp_path / "part" / "last.pt")
     assert part["iteration"] == 4 and part["data"] == whole["data"]
     assert _states_equal(whole["model"], part["model"])
     assert _states_equal(whole["discriminator"], part["discriminator"])
@@ -207,13 +207,13 @@ def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(toy, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (run / "last.pt").exists()
-    stopped_at = checkpointing.read(checkpointing.latest(run))["iteration"]
+    stopped_at = run_checkpoints.read(run_checkpoints.latest(run))["iteration"]
     assert stopped_at >= 2
     assert main(["--resume", str(run), "--iterations", str(stopped_at + 2), "--quiet"]) == 0
     Trainer(_config(toy, tmp_path / "reference", iterations=stopped_at + 2,
                     schedule_iterations=40), progress=False).train()
-    assert _states_equal(checkpointing.read(run / "last.pt")["model"],
-                         checkpointing.read(tmp_path / "reference" / "last.pt")["model"])
+    assert _states_equal(run_checkpoints.read(run / "last.pt")["model"],
+                         run_checkpoints.read(tmp_path / "reference" / "last.pt")["model"])
 
 
 def test_sigterm_saves_and_exits_cleanly(toy, tmp_path):
@@ -225,7 +225,7 @@ def test_sigterm_saves_and_exits_cleanly(toy, tmp_path):
     out, err = process.communicate(timeout=240)
     assert process.returncode == 0, err
     assert "stopped at iteration" in out and f"--resume {run}" in out
-    assert 1 <= checkpointing.read(run / "last.pt")["iteration"] < 400
+    assert 1 <= run_checkpoints.read(run / "last.pt")["iteration"] < 400
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(toy, tmp_path, monkeypatch):
@@ -243,7 +243,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(toy, tmp_path, mon
                       progress=False)
     with pytest.raises(TrainingDiverged, match=r"iteration 3: loss adv = nan is not finite"):
         trainer.train()
-    assert checkpointing.read(checkpointing.latest(tmp_path / "nan"))["iteration"] == 2
+    assert run_checkpoints.read(run_checkpoints.latest(tmp_path / "nan"))["iteration"] == 2
     assert not (tmp_path / "nan" / "last.pt").exists()
 
 
@@ -314,8 +314,8 @@ def test_two_gloo_processes_match_one_process(toy, tmp_path):
             assert two["seg"] == pytest.approx(one["seg"], rel=0.02)
             assert two["adv"] == pytest.approx(one["adv"], rel=1e-3)
             assert two["d"] == pytest.approx(one["d"], rel=1e-3)
-    one = checkpointing.read(tmp_path / "one" / "last.pt")
-    two = checkpointing.read(tmp_path / "two" / "last.pt")
+    one = run_checkpoints.read(tmp_path / "one" / "last.pt")
+    two = run_checkpoints.read(tmp_path / "two" / "last.pt")
     assert one["data"] == two["data"]  # the same global samples were consumed
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rtda.train import checkpointing, rundir
+from rtda.train import run_checkpoints, rundir
 from rtda.train.__main__ import build_parser, config_from_args, main
 from rtda.train.config import resolve_config, save_config
 
@@ -124,7 +124,7 @@ def test_a_new_run_into_a_run_directory_is_refused_unless_overwrite(toy, tmp_pat
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name != ".lock"} == before
     assert main(_args(toy, run, "--overwrite")) == 0
     assert not list(run.glob("iter_*.pt"))  # the old run's checkpoints are gone
-    assert checkpointing.read(checkpointing.latest(run))["iteration"] == 1
+    assert run_checkpoints.read(run_checkpoints.latest(run))["iteration"] == 1
 
 
 def test_resume_and_overwrite_exclude_each_other(toy, tmp_path):
@@ -157,7 +157,7 @@ def test_best_is_a_hard_link_when_it_equals_last(toy, tmp_path):
     run = tmp_path / "run"
     assert main(_args(toy, run, "--val-every", "1")) == 0
     assert (run / "best.pt").stat().st_ino == (run / "last.pt").stat().st_ino
-    assert checkpointing.read(run / "best.pt")["iteration"] == 1
+    assert run_checkpoints.read(run / "best.pt")["iteration"] == 1
 
 
 def test_device_cuda_without_cuda_is_one_line(toy, tmp_path, capsys):
