@@ -28,8 +28,8 @@ $(STAMP): $(PY) pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*/*.cpp
 
 setup: $(STAMP)
 
-# Table I on the built-in toy pair, one seed: source-only, adapted (fused) and target-only
-# training, each scored on the target val split (about 25 minutes on 2 cores). Three seeds:
+# Table I on the built-in toy pair, one seed: source-only, source-only + target BatchNorm,
+# adapted (fused) and target-only training, each scored on the target val split. Three seeds:
 # `$(PY) -m rtda.train.table1` (the default --seeds 0 1 2).
 demo: setup
 	$(PY) -m rtda.train.table1 --seeds 0 --out runs/demo --resume

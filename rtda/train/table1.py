@@ -1,9 +1,15 @@
-"""``python -m rtda.train.table1``: Table I of the paper on the toy pair — target val mIoU of
-source-only training, adaptation (``--fused``) and target-only training (the oracle), per seed
-and as mean +- std.
+"""``python -m rtda.train.table1``: Table I of the paper — target val mIoU of source-only
+training, source-only training with target BatchNorm statistics, adaptation (``--fused``) and
+target-only training (the oracle), per seed and as mean +- std. On the toy pair by default; any
+source/target pair with ``--source``/``--target`` and their roots.
 
-Each run is an ordinary ``rtda.train`` run in ``OUT/<row>-seed<N>`` with the ``toy`` preset, under
-the same rules: an OUT that holds runs is refused unless ``--resume`` (a run that finished is read
+"source only + target BN" is the adaptation run with ``lambda_adv = 0``: the same data flow (the
+target batch passes through the segmenter in train mode, so BatchNorm estimates its statistics on
+both domains; the discriminator still trains) without the adversarial gradient. The gap between
+it and the adapted row is what the adversarial term adds.
+
+Each run is an ordinary ``rtda.train`` run in ``OUT/<row>-seed<N>`` (preset as ``rtda.train``
+picks it: ``toy`` on the toy pair, ``paper`` with a real dataset), under the same rules: an OUT that holds runs is refused unless ``--resume`` (a run that finished is read
 back, one that stopped is resumed, so the command can be interrupted and started again) or
 ``--overwrite`` (the runs are trained anew). The score is the final model's val mIoU (not the best
 one, which would select on the val split).
@@ -13,16 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 from pathlib import Path
 
 from rtda.cli import add_version
 from rtda.train import run_checkpoints, rundir
-from rtda.train.config import resolve_config
+from rtda.train.config import PRESETS, SOURCES, TARGETS, resolve_config
 from rtda.train.run import Trainer
 
 ROWS = (("source-only", "source only", {"mode": "source-only"}),
+        ("target-bn", "source only + target BN (adapt, lambda_adv 0)",
+         {"mode": "adapt", "fused": True, "lambda_adv": 0.0}),
         ("adapt-fused", "adapted (FCD-Light&Thin, fused)", {"mode": "adapt", "fused": True}),
         ("target-only", "target only (oracle)", {"mode": "target-only"}))
 
@@ -37,12 +46,12 @@ def _final_miou(run_dir: Path, iteration: int) -> float | None:
 
 
 def run_row(slug: str, overrides: dict, seed: int, out: Path, extra: dict, progress: bool,
-            *, resume: bool = False, overwrite: bool = False) -> float:
+            *, preset: str | None = None, resume: bool = False, overwrite: bool = False) -> float:
     """The final val mIoU of one (row, seed) run: trained, or with ``resume`` read back or
     resumed when the run exists."""
     run_dir = out / f"{slug}-seed{seed}"
-    config = resolve_config("toy", overrides={**extra, **overrides, "seed": seed,
-                                              "out": str(run_dir)})
+    config = resolve_config(preset, overrides={**extra, **overrides, "seed": seed,
+                                               "out": str(run_dir)})
     with rundir.claim(run_dir, resume=resume, overwrite=overwrite):
         state = None
         if resume and ((run_dir / "last.pt").exists() or any(run_dir.glob("iter_*.pt"))):
@@ -78,11 +87,17 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/table1"))
-    parser.add_argument("--iterations", type=int, default=None,
-                        help="iterations per run (default: the toy preset's)")
-    parser.add_argument("--source-root", default=None, help="a toy pair's source (default: the "
-                                                            "built-in one)")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                        help="as rtda.train: toy on the toy pair, paper with a real dataset")
+    parser.add_argument("--source", choices=SOURCES, default="toy")
+    parser.add_argument("--target", choices=TARGETS, default="toy")
+    parser.add_argument("--source-root", default=None,
+                        help="the source dataset (default with the toy source: the built-in pair)")
     parser.add_argument("--target-root", default=None)
+    parser.add_argument("--pretrained", default=None, metavar="PATH",
+                        help="local torchvision ImageNet checkpoint of the backbone")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="iterations per run (default: the preset's)")
     parser.add_argument("--resolution", default=None, metavar="WxH")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--resume", action="store_true",
@@ -99,15 +114,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{', ...' if len(existing) > 3 else ''}); continue them with --resume, replace "
               f"them with --overwrite, or choose another --out", file=sys.stderr)
         return 2
-    extra = {k: v for k, v in {"iterations": args.iterations, "source_root": args.source_root,
-                               "target_root": args.target_root, "resolution": args.resolution,
+    extra = {k: v for k, v in {"source": args.source, "target": args.target,
+                               "iterations": args.iterations, "source_root": args.source_root,
+                               "target_root": args.target_root, "pretrained": args.pretrained,
+                               "resolution": args.resolution,
                                "workers": args.workers}.items() if v is not None}
     scores: dict[str, list[float]] = {title: [] for _, title, _ in ROWS}
     try:
         for seed in args.seeds:
             for slug, title, overrides in ROWS:
                 miou = run_row(slug, overrides, seed, args.out, extra, not args.quiet,
-                               resume=args.resume, overwrite=args.overwrite)
+                               preset=args.preset, resume=args.resume, overwrite=args.overwrite)
                 scores[title].append(miou)
                 print(f"seed {seed}, {title}: target val mIoU {100 * miou:.2f}", flush=True)
     except (ValueError, RuntimeError) as err:
@@ -115,10 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     table = format_table(scores, args.seeds)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table1.md").write_text(table + "\n")
-    (args.out / "table1.json").write_text(json.dumps({"seeds": args.seeds, "miou": scores},
-                                                     indent=2) + "\n")
-    print(f"\nTable I on the toy pair (target val mIoU, %):\n\n{table}\n")
+    pair = f"{args.source} -> {args.target}"
+    command = shlex.join(["python", "-m", "rtda.train.table1", *(argv if argv is not None
+                                                                   else sys.argv[1:])])
+    (args.out / "table1.md").write_text(
+        f"Table I, {pair}, target val mIoU (%), from `{command}`:\n\n{table}\n")
+    (args.out / "table1.json").write_text(json.dumps(
+        {"pair": pair, "seeds": args.seeds, "command": command, "miou": scores}, indent=2) + "\n")
+    print(f"\nTable I, {pair} (target val mIoU, %):\n\n{table}\n")
     return 0
 
 

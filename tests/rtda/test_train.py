@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from rtda.models import build_discriminator, build_segmenter
 from rtda.train import run_checkpoints
@@ -336,7 +337,11 @@ def test_table1_runs_each_row_and_reads_finished_runs_back(toy, tmp_path, capsys
     assert table1.main(argv) == 0
     out = capsys.readouterr().out
     assert "| source only |" in out and "| target only (oracle) |" in out and "± " in out
-    assert len(list((tmp_path / "t").glob("*-seed*"))) == 6
+    assert "| source only + target BN (adapt, lambda_adv 0) |" in out
+    assert len(list((tmp_path / "t").glob("*-seed*"))) == 8
+    bn = yaml.safe_load((tmp_path / "t" / "target-bn-seed0" / "config.yaml").read_text())
+    assert (bn["mode"], bn["lambda_adv"], bn["preset"]) == ("adapt", 0.0, "toy")
+    assert "Table I, toy -> toy" in (tmp_path / "t" / "table1.md").read_text()
     stamp = (tmp_path / "t" / "adapt-fused-seed0" / "last.pt").stat().st_mtime_ns
     assert table1.main([*argv, "--resume"]) == 0  # finished runs are read back, not trained
     assert (tmp_path / "t" / "adapt-fused-seed0" / "last.pt").stat().st_mtime_ns == stamp

@@ -234,3 +234,13 @@ def test_run_files_lists_only_what_a_run_writes(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("")
     assert rundir.holds_run(tmp_path)
     assert [p.name for p in rundir.run_files(Path(tmp_path))] == ["metrics.jsonl"]
+
+
+def test_table1_takes_any_pair_and_names_a_missing_root(tmp_path, capsys):
+    from rtda.train import table1
+
+    argv = ["--source", "gta5", "--target", "cityscapes", "--seeds", "0", "--out",
+            str(tmp_path / "t"), "--quiet"]
+    assert table1.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--source-root is required for --source gta5" in err
