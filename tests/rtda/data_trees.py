@@ -1,4 +1,5 @@
-"""Tiny dataset trees in the GTA5, SYNTHIA and Cityscapes layouts, for the data tests.
+"""Tiny dataset trees in the GTA5, SYNTHIA and Cityscapes layouts, a small toy pair and an
+untrained checkpoint, for the tests of rtda.
 
 SYNTHIA's 16-bit multi-channel label PNGs are written by a minimal PNG encoder of our own (not by
 OpenCV, which the loader reads them with), so the test cannot agree with the loader by sharing its
@@ -90,3 +91,25 @@ def make_cityscapes(root: Path, split: str = "val", count: int = 3,
             save(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", label)
         out.append(label)
     return out
+
+
+def small_toy(folder: Path, images: int, val: int):
+    """A toy pair of ``images`` source and target train images and ``val`` val images, 64x128."""
+    from rtda.data.toy import ToyConfig, generate_toy
+
+    return generate_toy(folder / "pair", ToyConfig(num_source=images, num_target=images,
+                                                   num_val=val, height=64, width=128),
+                        workers=1, progress=False)
+
+
+def untrained_checkpoint(path: Path, resolution: list[int]) -> Path:
+    """A checkpoint of a freshly initialised BiSeNet-R18 (seed 0) trained at ``resolution``."""
+    import torch
+
+    from rtda.checkpoint_io import save_atomic
+    from rtda.models import build_segmenter
+
+    torch.manual_seed(0)
+    save_atomic({"model": build_segmenter("resnet18").state_dict(),
+                 "config": {"backbone": "resnet18", "resolution": resolution}}, path)
+    return path

@@ -16,30 +16,23 @@ from PIL import Image
 from rtda import evaluate, export, infer
 from rtda.checkpoint_io import CheckpointError, load_segmenter, read_checkpoint, save_atomic
 from rtda.data.images import read_rgb
-from rtda.models import build_discriminator, build_segmenter
+from rtda.models import build_discriminator
 from rtda.runtime import Segmenter
 from rtda.train import run_checkpoints
 from rtda.train.__main__ import main as train
+from tests.rtda.data_trees import small_toy, untrained_checkpoint
 
 RESOLUTION = [32, 64]
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    from rtda.data.toy import ToyConfig, generate_toy
-
-    return generate_toy(tmp_path_factory.mktemp("toy") / "pair",
-                        ToyConfig(num_source=4, num_target=4, num_val=1, height=64, width=128),
-                        workers=1, progress=False)
+    return small_toy(tmp_path_factory.mktemp("toy"), images=4, val=1)
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_atomic({"model": build_segmenter("resnet18").state_dict(),
-                 "config": {"backbone": "resnet18", "resolution": RESOLUTION}}, path)
-    return path
+    return untrained_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", RESOLUTION)
 
 
 def _flip_a_bit(path: Path, where: float = 0.5) -> None:

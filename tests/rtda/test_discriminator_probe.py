@@ -10,17 +10,15 @@ import pytest
 from rtda.train import discriminator_probe
 from rtda.train.config import resolve_config
 from rtda.train.run import Trainer
+from tests.rtda.data_trees import small_toy
 
 IMAGES, HELD_OUT = 24, 8
 
 
 @pytest.fixture(scope="module")
 def source_only(tmp_path_factory):
-    from rtda.data.toy import ToyConfig, generate_toy
-
     root = tmp_path_factory.mktemp("probe")
-    toy = generate_toy(root / "pair", ToyConfig(num_source=IMAGES, num_target=IMAGES, num_val=2,
-                                                height=64, width=128), workers=1, progress=False)
+    toy = small_toy(root, images=IMAGES, val=2)
     config = resolve_config("toy", overrides=dict(
         mode="source-only", source_root=str(toy.source), target_root=str(toy.target),
         resolution=(64, 128), iterations=40, workers=0, val_every=1000, checkpoint_every=1000,

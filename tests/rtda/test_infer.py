@@ -8,21 +8,17 @@ import torch
 from PIL import Image
 
 from rtda import infer
-from rtda.checkpoint_io import save_atomic
 from rtda.data.labels import TRAIN_ID_TO_LABEL_ID, colorize
 from rtda.models import build_segmenter
 from rtda.runtime import Segmenter
+from tests.rtda.data_trees import untrained_checkpoint
 
 RESOLUTION = [32, 64]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_atomic({"model": build_segmenter("resnet18").state_dict(),
-                 "config": {"backbone": "resnet18", "resolution": RESOLUTION}}, path)
-    return path
+    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", RESOLUTION)
 
 
 def _images(folder, sizes, seed=0):

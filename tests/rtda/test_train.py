@@ -24,17 +24,14 @@ from rtda.train.config import resolve_config
 from rtda.train.run import Trainer, TrainingDiverged
 from rtda.train.sampler import ResumableSampler
 from rtda.train.step import StepSettings, train_step
+from tests.rtda.data_trees import small_toy
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    from rtda.data.toy import ToyConfig, generate_toy
-
-    return generate_toy(tmp_path_factory.mktemp("toy") / "pair",
-                        ToyConfig(num_source=6, num_target=6, num_val=2, height=64, width=128),
-                        workers=1, progress=False)
+    return small_toy(tmp_path_factory.mktemp("toy"), images=6, val=2)
 
 
 def _config(toy, out, **overrides):

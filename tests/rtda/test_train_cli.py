@@ -15,6 +15,7 @@ import yaml
 from rtda.train import run_checkpoints, rundir
 from rtda.train.__main__ import build_parser, config_from_args, main
 from rtda.train.config import resolve_config, save_config
+from tests.rtda.data_trees import small_toy
 
 REAL = ["--source", "gta5", "--source-root", "/data/gta5", "--target", "cityscapes",
         "--target-root", "/data/cityscapes"]
@@ -26,11 +27,7 @@ BACKBONE = {"toy": "resnet18", "paper": "resnet101", "authors-code": "resnet101"
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
-    from rtda.data.toy import ToyConfig, generate_toy
-
-    return generate_toy(tmp_path_factory.mktemp("toy") / "pair",
-                        ToyConfig(num_source=4, num_target=4, num_val=1, height=64, width=128),
-                        workers=1, progress=False)
+    return small_toy(tmp_path_factory.mktemp("toy"), images=4, val=1)
 
 
 def _args(toy, out, *extra):
