@@ -1,0 +1,125 @@
+"""The parts of self-training (DACS, DAFormer) that the training loop combines: an EMA teacher,
+pseudo-labels weighted by the teacher's confidence, ClassMix, and rare-class sampling weights.
+
+Defaults from the papers: teacher momentum 0.99 (DACS), confidence threshold 0.968 (DACS), rare-class
+temperature 0.01 (DAFormer). How they fit together is in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from rtda.data.labels import IGNORE_INDEX
+
+EMA_ALPHA, CONFIDENCE_THRESHOLD, RCS_TEMPERATURE = 0.99, 0.968, 0.01
+
+
+class EmaTeacher:
+    """A copy of the student whose weights follow it as an exponential moving average.
+
+    At iteration ``i`` the momentum is ``min(1 - 1 / (i + 1), alpha)`` (DACS), so the teacher
+    starts as the student and settles to ``alpha``. Floating-point buffers (BatchNorm running
+    statistics) are averaged the same way and integer ones copied, so the teacher normalises with
+    statistics that match its weights. The teacher runs in eval mode and gets no gradient.
+    """
+
+    def __init__(self, student: nn.Module, alpha: float = EMA_ALPHA) -> None:
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        self.alpha = alpha
+        self.model = copy.deepcopy(student).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def momentum(self, iteration: int) -> float:
+        return min(1.0 - 1.0 / (iteration + 1), self.alpha)
+
+    @torch.no_grad()
+    def update(self, student: nn.Module, iteration: int) -> None:
+        """One EMA step towards ``student`` (the same architecture, not a DDP wrapper)."""
+        m = self.momentum(iteration)
+        for t, s in zip(self.model.parameters(), student.parameters(), strict=True):
+            t.mul_(m).add_(s.detach(), alpha=1.0 - m)
+        for t, s in zip(self.model.buffers(), student.buffers(), strict=True):
+            if t.is_floating_point():
+                t.mul_(m).add_(s.detach(), alpha=1.0 - m)
+            else:
+                t.copy_(s)
+
+    def state_dict(self) -> dict:
+        return self.model.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state)
+
+
+def pseudo_labels(logits: torch.Tensor, threshold: float = CONFIDENCE_THRESHOLD
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels N x H x W, weight N) from the teacher's logits N x C x H x W: the argmax, and per
+    image the fraction of pixels whose softmax maximum exceeds ``threshold`` (DACS's weight of
+    the target loss)."""
+    confidence, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
+    return labels, (confidence > threshold).float().mean(dim=(1, 2))
+
+
+def class_mix_masks(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per image, True where the source label is one of half of the classes it contains (the
+    half drawn at random, rounded up; ignored pixels never), N x H x W (ClassMix)."""
+    masks = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    for i, label in enumerate(labels):
+        classes = torch.unique(label)
+        classes = classes[classes != IGNORE_INDEX]
+        if classes.numel() == 0:
+            continue
+        keep = (classes.numel() + 1) // 2
+        chosen = classes[torch.randperm(classes.numel(), generator=generator)[:keep].to(
+            classes.device)]
+        masks[i] = torch.isin(label, chosen)
+    return masks
+
+
+def mix(mask: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``source`` where ``mask`` (N x H x W) holds, ``target`` elsewhere; images (N x C x H x W)
+    or label maps (N x H x W)."""
+    if source.dim() == mask.dim() + 1:
+        mask = mask.unsqueeze(1)
+    return torch.where(mask, source, target)
+
+
+def class_pixel_counts(labels: Iterable[np.ndarray | torch.Tensor], num_classes: int
+                       ) -> np.ndarray:
+    """Images x classes matrix of labelled pixel counts (255 and other ids >= num_classes
+    ignored), the statistics rare-class sampling needs, computed once per dataset."""
+    rows = []
+    for label in labels:
+        flat = np.asarray(label).reshape(-1)
+        flat = flat[flat < num_classes]
+        rows.append(np.bincount(flat, minlength=num_classes))
+    if not rows:
+        raise ValueError("class_pixel_counts needs at least one label map")
+    return np.stack(rows).astype(np.int64)
+
+
+def rare_class_weights(counts: np.ndarray, temperature: float = RCS_TEMPERATURE) -> np.ndarray:
+    """Sampling probability of each image under rare-class sampling (DAFormer): a class ``c`` is
+    drawn with ``P(c) ∝ exp((1 - f_c) / T)``, ``f_c`` its share of all labelled pixels, then an
+    image containing it uniformly; returned as the per-image probability of that two-step draw."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    present = counts > 0
+    totals = counts.sum(axis=0)
+    classes = totals > 0
+    if not classes.any():
+        raise ValueError("no labelled pixel in any image: rare-class sampling has nothing to weigh")
+    frequency = totals[classes] / totals.sum()
+    logits = (1.0 - frequency) / temperature
+    p_class = np.exp(logits - logits.max())
+    p_class /= p_class.sum()
+    per_image = present[:, classes] / present[:, classes].sum(axis=0)
+    weights = per_image @ p_class
+    return weights / weights.sum()
