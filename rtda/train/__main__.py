@@ -22,7 +22,7 @@ from rtda.train.config import (
 )
 from rtda.train.distributed import is_main_process, shutdown
 from rtda.train.run import Trainer, TrainingDiverged
-from rtda.train.step import MODES
+from rtda.train.step import METHODS, MODES
 
 RESUME_FLAGS = {"iterations", "device", "workers", "skip_bad"}  # may change on --resume
 NOT_CONFIG = {"preset", "config", "resume", "resume_intact", "overwrite", "quiet"}
@@ -43,6 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config", default=None, metavar="FILE",
         help="YAML or TOML file of config values (any key below, e.g. source, out, preset)")
     add("--mode", choices=MODES, default=None, help="adapt (default), source-only, target-only")
+    add("--method", choices=METHODS, default=None,
+        help="what adapt does: adversarial (the paper: the discriminator and Eq. 2; default), "
+             "self-training (an EMA teacher's confidence-weighted pseudo-labels on ClassMix "
+             "batches, as DACS), or both")
+    add("--ema-alpha", type=float, default=None, help="self-training: teacher momentum (0.99)")
+    add("--pseudo-threshold", type=float, default=None,
+        help="self-training: the confidence a pseudo-label's pixel must exceed to count toward "
+             "the target loss's weight (0.968)")
+    add("--class-mix", action=argparse.BooleanOptionalAction, default=None,
+        help="self-training: paste half of each source image's classes onto its target image "
+             "(default on)")
+    add("--warmup", type=int, default=None,
+        help="self-training: iterations before it starts (adversarial with --method both, "
+             "else source only; default 0)")
     add("--fused", action=argparse.BooleanOptionalAction, default=None,
         help="fused discriminator layers and adversarial losses (rtda_kernels)")
     add("--backbone", choices=BACKBONES, default=None)

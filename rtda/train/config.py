@@ -30,7 +30,7 @@ from typing import Any
 import tomllib
 
 from rtda.models import BACKBONES, DISCRIMINATORS
-from rtda.train.step import MODES
+from rtda.train.step import METHODS, MODES
 
 SOURCES = ("gta5", "synthia", "toy")
 TARGETS = ("cityscapes", "toy")
@@ -40,6 +40,7 @@ AMP_MODES = ("off", "bf16", "fp16")
 @dataclass
 class TrainConfig:
     mode: str = "adapt"
+    method: str = "adversarial"  # with mode adapt: adversarial | self-training | both
     fused: bool = False
     backbone: str = "resnet101"
     pretrained: str | None = None
@@ -61,6 +62,10 @@ class TrainConfig:
     d_lr: float = 1e-5
     d_betas: tuple[float, float] = (0.9, 0.99)
     lambda_adv: float = 0.01
+    ema_alpha: float = 0.99  # self-training: the teacher's EMA momentum (DACS)
+    pseudo_threshold: float = 0.968  # confidence above which a pseudo-label counts (DACS)
+    class_mix: bool = True  # self-training: ClassMix source classes onto target images
+    warmup: int = 0  # iterations before self-training starts (adversarial, or source only)
     source_label: float = 0.0
     target_label: float = 1.0
     flip: bool = False
@@ -84,6 +89,7 @@ class TrainConfig:
                                  f"got {getattr(self, name)!r}")
 
         choice("mode", MODES)
+        choice("method", METHODS)
         choice("backbone", BACKBONES)
         choice("discriminator", DISCRIMINATORS)
         choice("source", SOURCES)
@@ -92,8 +98,13 @@ class TrainConfig:
         for name in ("batch_size", "iterations", "log_every", "val_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        for name in ("workers", "warmup"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_alpha < 1.0:
+            raise ValueError(f"ema_alpha must be in [0, 1), got {self.ema_alpha}")
+        if not 0.0 <= self.pseudo_threshold < 1.0:
+            raise ValueError(f"pseudo_threshold must be in [0, 1), got {self.pseudo_threshold}")
         if len(self.resolution) != 2 or any(v <= 0 or v % 32 for v in self.resolution):
             raise ValueError(f"resolution must be WIDTHxHEIGHT, both multiples of 32, got "
                              f"{_wxh(self.resolution)}")

@@ -71,6 +71,14 @@ def mean_over_ranks(values: dict[str, float], world: World) -> dict[str, float]:
     return {k: float(v) / world.size for k, v in zip(keys, tensor)}
 
 
+def broadcast_buffers(module: torch.nn.Module, world: World) -> None:
+    """Every buffer of ``module`` set to rank 0's."""
+    if not world.distributed:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "module", module)
 

@@ -14,6 +14,7 @@ checkpoints already written are the last good ones.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -36,15 +37,17 @@ from rtda.train.config import TrainConfig, save_config
 from rtda.train.distributed import (
     any_flag,
     barrier,
+    broadcast_buffers,
     init_world,
     mean_over_ranks,
     unwrap,
     wrap,
 )
+from rtda.train.self_training import EmaTeacher
 from rtda.train.step import StepSettings, train_step
 from rtda.train.streams import DataStream
 
-LOSSES = ("seg", "adv", "d")
+LOSSES = ("seg", "adv", "d", "st", "pseudo_weight")
 
 
 class TrainingDiverged(RuntimeError):
@@ -141,8 +144,11 @@ class Trainer:
                                              momentum=c.momentum, weight_decay=c.weight_decay)
         self.seg_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.seg_optimizer, poly(c.horizon, c.poly_power))
-        self.discriminator = self.d_optimizer = self.d_scheduler = None
-        if c.mode == "adapt":
+        self.discriminator = self.d_optimizer = self.d_scheduler = self.teacher = None
+        adversarial = c.mode == "adapt" and c.method in ("adversarial", "both")
+        if c.mode == "adapt" and c.method in ("self-training", "both"):
+            self.teacher = EmaTeacher(segmenter, c.ema_alpha)
+        if adversarial:
             discriminator = build_discriminator(c.discriminator, 19, fused=c.fused)
             self.discriminator = wrap(discriminator.to(self.device), self.world, self.device)
             self.d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=c.d_lr,
@@ -153,12 +159,29 @@ class Trainer:
         self.settings = StepSettings(
             mode=c.mode, lambda_adv=c.lambda_adv, source_label=c.source_label,
             target_label=c.target_label, fused=c.fused, amp=c.amp,
-            upsample_map=2 ** len(WIDTHS[c.discriminator]) == 32)
+            upsample_map=2 ** len(WIDTHS[c.discriminator]) == 32, adversarial=adversarial,
+            self_training=self.teacher is not None, class_mix=c.class_mix,
+            pseudo_threshold=c.pseudo_threshold)
+
+    def _settings(self) -> StepSettings:
+        """This iteration's settings: no self-training during the warm-up."""
+        if self.settings.self_training and self.iteration < self.config.warmup:
+            return dataclasses.replace(self.settings, self_training=False)
+        return self.settings
+
+    def _update_teacher(self) -> None:
+        """One EMA step; the teacher then holds rank 0's BatchNorm statistics on every rank
+        (DDP keeps the weights equal, but each rank's statistics see its own half batch)."""
+        if self.teacher is None:
+            return
+        self.teacher.update(unwrap(self.segmenter), self.iteration)
+        broadcast_buffers(self.teacher.model, self.world)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         optional = {"discriminator": self.discriminator, "d_optimizer": self.d_optimizer,
-                    "d_scheduler": self.d_scheduler, "scaler": self.scaler}
+                    "d_scheduler": self.d_scheduler, "scaler": self.scaler,
+                    "teacher": self.teacher}
         state = {"model": unwrap(self.segmenter).state_dict(),
                  "seg_optimizer": self.seg_optimizer.state_dict(),
                  "seg_scheduler": self.seg_scheduler.state_dict(),
@@ -182,6 +205,8 @@ class Trainer:
             self.d_scheduler.load_state_dict(state["d_scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
         self.iteration, self.best_miou = int(state["iteration"]), float(state["best_miou"])
         run_checkpoints.set_rng_state(state["rng"])
 
@@ -307,9 +332,11 @@ class Trainer:
             while self.iteration < c.iterations:
                 source = self.source.next(self.device)
                 target = self.target.next(self.device) if self.target is not None else None
+                generator = torch.Generator().manual_seed(c.seed * 1_000_003 + self.iteration)
                 losses = train_step(self.segmenter, self.discriminator, self.seg_optimizer,
-                                    self.d_optimizer, source, target, self.settings,
-                                    self.scaler)
+                                    self.d_optimizer, source, target, self._settings(),
+                                    self.scaler, self.teacher, generator)
+                self._update_teacher()
                 losses = mean_over_ranks(losses, self.world)
                 bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
                 if any_flag(bool(bad), self.world):

@@ -12,6 +12,11 @@ With a labelled source batch and an unlabelled target batch:
    (Eq. 1);
 4. both optimisers step (the caller steps the schedulers).
 
+Self-training (``self_training``, with a teacher; see :mod:`rtda.train.self_training`) adds: the
+teacher's pseudo-labels of the target batch, weighted by its confident fraction; with
+``class_mix``, half of each source image's classes pasted onto its target image (their pixels
+keep the source label and weight 1); the student's weighted cross-entropy on that batch.
+
 ``fused=True`` computes both adversarial losses with ``rtda_kernels`` (the map upsampled on the fly
 when ``output_size`` is given); ``fused=False`` with ``rtda_kernels.reference``, plain PyTorch
 (``F.interpolate`` + ``F.binary_cross_entropy_with_logits``). The discriminator itself is fused
@@ -29,8 +34,10 @@ from torch import nn
 
 import rtda_kernels
 from rtda_kernels import reference
+from rtda.train.self_training import EmaTeacher, class_mix_masks, mix, pseudo_labels
 
 MODES = ("adapt", "source-only", "target-only")
+METHODS = ("adversarial", "self-training", "both")  # what "adapt" does
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,10 @@ class StepSettings:
     fused: bool = False
     upsample_map: bool = True  # upsample D's map to the input size in the losses (fcd, fcd_light)
     amp: str = "off"  # off | bf16 | fp16
+    adversarial: bool = True  # with mode adapt: the discriminator and Eq. (2)
+    self_training: bool = False  # with mode adapt: the teacher's pseudo-labels
+    class_mix: bool = True
+    pseudo_threshold: float = 0.968
 
 
 def segmentation_loss(outputs: torch.Tensor | tuple[torch.Tensor, ...],
@@ -73,14 +84,38 @@ class _NoGradFor:
             p.requires_grad_(True)
 
 
+def self_training_loss(segmenter: nn.Module, teacher: EmaTeacher, source: dict, target: dict,
+                       settings: StepSettings, generator: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the student's confidence-weighted cross-entropy on the (mixed) target batch, the mean
+    pseudo-label weight)."""
+    device = target["image"].device
+    with torch.no_grad(), _autocast(device, settings.amp):
+        labels, weight = pseudo_labels(teacher.model(target["image"]), settings.pseudo_threshold)
+    pixel_weight = weight.view(-1, 1, 1).expand_as(labels)
+    image = target["image"]
+    if settings.class_mix:
+        masks = class_mix_masks(source["label"], generator)
+        image = mix(masks, source["image"], image)
+        labels = mix(masks, source["label"], labels)
+        pixel_weight = torch.where(masks, torch.ones_like(pixel_weight), pixel_weight)
+    with _autocast(device, settings.amp):
+        main = segmenter(image)[0]
+    per_pixel = F.cross_entropy(main.float(), labels, ignore_index=255, reduction="none")
+    return (per_pixel * pixel_weight).mean(), weight.mean()
+
+
 def train_step(segmenter: nn.Module, discriminator: nn.Module | None,
                seg_optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer | None,
                source: dict, target: dict | None, settings: StepSettings,
-               scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
-    """Runs one iteration and returns its losses (``seg``, and ``adv``, ``d`` when adapting).
+               scaler: torch.amp.GradScaler | None = None, teacher: EmaTeacher | None = None,
+               generator: torch.Generator | None = None) -> dict[str, float]:
+    """Runs one iteration and returns its losses (``seg``; ``adv``, ``d`` with the adversarial
+    term; ``st`` and ``pseudo_weight`` with self-training).
 
     ``source`` has ``image`` and ``label``; ``target`` has ``image`` (None unless adapting).
-    Gradients are zeroed here, optimisers stepped here; schedulers are the caller's.
+    Gradients are zeroed here, optimisers stepped here; schedulers and the teacher's update are
+    the caller's. ``generator`` draws ClassMix's classes.
     """
     device = source["image"].device
     scale = scaler.scale if scaler is not None else (lambda loss: loss)
@@ -92,9 +127,11 @@ def train_step(segmenter: nn.Module, discriminator: nn.Module | None,
     scale(loss_seg).backward()
     losses = {"seg": loss_seg.detach()}
 
-    if settings.mode == "adapt":
+    with_adversarial = settings.mode == "adapt" and settings.adversarial
+    if with_adversarial:
         if discriminator is None or d_optimizer is None or target is None:
-            raise ValueError("mode 'adapt' needs a discriminator, its optimiser and a target batch")
+            raise ValueError("the adversarial term needs a discriminator, its optimiser and a "
+                             "target batch")
         discriminator.train()
         d_optimizer.zero_grad(set_to_none=True)
         size = tuple(source["image"].shape[-2:]) if settings.upsample_map else None
@@ -119,7 +156,15 @@ def train_step(segmenter: nn.Module, discriminator: nn.Module | None,
         scale(loss_d).backward()
         losses.update(adv=loss_adv.detach(), d=loss_d.detach())
 
-    optimizers = [seg_optimizer] + ([d_optimizer] if settings.mode == "adapt" else [])
+    if settings.mode == "adapt" and settings.self_training:
+        if teacher is None or target is None or generator is None:
+            raise ValueError("self-training needs a teacher, a target batch and a generator")
+        loss_st, weight = self_training_loss(segmenter, teacher, source, target, settings,
+                                             generator)
+        scale(loss_st).backward()
+        losses.update(st=loss_st.detach(), pseudo_weight=weight)
+
+    optimizers = [seg_optimizer] + ([d_optimizer] if with_adversarial else [])
     for optimizer in optimizers:
         if scaler is not None:
             scaler.step(optimizer)
