@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--class-mix", action=argparse.BooleanOptionalAction, default=None,
         help="self-training: paste half of each source image's classes onto its target image "
              "(default on)")
+    add("--rare-class-sampling", action=argparse.BooleanOptionalAction, default=None,
+        help="self-training: draw source images by rare class, as DAFormer (default on; the "
+             "class counts are computed once per dataset and cached)")
+    add("--rcs-temperature", type=float, default=None,
+        help="rare-class sampling temperature (0.01; larger is closer to uniform)")
     add("--warmup", type=int, default=None,
         help="self-training: iterations before it starts (adversarial with --method both, "
              "else source only; default 0)")

@@ -65,6 +65,8 @@ class TrainConfig:
     ema_alpha: float = 0.99  # self-training: the teacher's EMA momentum (DACS)
     pseudo_threshold: float = 0.968  # confidence above which a pseudo-label counts (DACS)
     class_mix: bool = True  # self-training: ClassMix source classes onto target images
+    rare_class_sampling: bool = True  # self-training: source images drawn by rare class
+    rcs_temperature: float = 0.01  # DAFormer's
     warmup: int = 0  # iterations before self-training starts (adversarial, or source only)
     source_label: float = 0.0
     target_label: float = 1.0
@@ -111,7 +113,7 @@ class TrainConfig:
         if self.schedule_iterations is not None and self.schedule_iterations < self.iterations:
             raise ValueError(f"schedule_iterations ({self.schedule_iterations}) must be >= "
                              f"iterations ({self.iterations})")
-        for name in ("seg_lr", "d_lr"):
+        for name in ("seg_lr", "d_lr", "rcs_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.mode != "target-only" and self.source == "toy" and self.target != "toy":

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rtda.data import Cityscapes, SegmentationTransform, build_dataset
@@ -43,7 +44,7 @@ from rtda.train.distributed import (
     unwrap,
     wrap,
 )
-from rtda.train.self_training import EmaTeacher
+from rtda.train.self_training import EmaTeacher, dataset_class_counts, rare_class_weights
 from rtda.train.step import StepSettings, train_step
 from rtda.train.streams import DataStream
 
@@ -118,7 +119,7 @@ class Trainer:
             source = build_dataset(source_name, source_root, transform=transform,
                                    list_file=c.source_list, skip_bad=c.skip_bad)
         self.source = DataStream(source, c.batch_size, self.world, c.seed, c.workers,
-                                  consumed.get("source", 0), self._skip)
+                                  consumed.get("source", 0), self._skip, self._rcs(source))
         self.target = None
         if c.mode == "adapt":
             target = Cityscapes(target_root, "train", labels=False, transform=transform,
@@ -134,6 +135,20 @@ class Trainer:
                 size=c.resolution, resize_label=False))
             if c.val_images is not None:
                 self.val.samples = self.val.samples[: c.val_images]
+
+    def _rcs(self, source) -> np.ndarray | None:
+        """Rare-class sampling weights of the source images, with self-training (rank 0 counts
+        the classes first and caches them; the other ranks then read the cache)."""
+        c = self.config
+        if not (c.mode == "adapt" and c.method != "adversarial" and c.rare_class_sampling):
+            return None
+        if self.world.is_main:
+            dataset_class_counts(source, progress=self.progress)
+        barrier(self.world)
+        weights = rare_class_weights(dataset_class_counts(source), c.rcs_temperature)
+        self.note(f"rare-class sampling: {int((weights > 0).sum())} of {len(weights)} source "
+                  f"images can be drawn (T = {c.rcs_temperature:g})", echo=False)
+        return weights
 
     def _build_models(self) -> None:
         c = self.config

@@ -8,7 +8,11 @@ temperature 0.01 (DAFormer). How they fit together is in docs/training.md.
 from __future__ import annotations
 
 import copy
+import hashlib
+import os
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -103,6 +107,41 @@ def class_pixel_counts(labels: Iterable[np.ndarray | torch.Tensor], num_classes:
     if not rows:
         raise ValueError("class_pixel_counts needs at least one label map")
     return np.stack(rows).astype(np.int64)
+
+
+def class_counts_cache() -> Path:
+    """``$RTDA_CACHE_DIR/class_counts``, else ``$XDG_CACHE_HOME/rtda/class_counts``."""
+    if os.environ.get("RTDA_CACHE_DIR"):
+        return Path(os.environ["RTDA_CACHE_DIR"]) / "class_counts"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtda" / (
+        "class_counts")
+
+
+def dataset_class_counts(dataset, num_classes: int = 19, cache: Path | None = None,
+                         progress: bool = False) -> np.ndarray:
+    """:func:`class_pixel_counts` of ``dataset``'s train-id labels at their own size, read once
+    and cached (keyed by the label files' paths, sizes and modification times)."""
+    files = [s.label for s in dataset.samples]
+    if any(f is None for f in files):
+        raise ValueError(f"rare-class sampling needs the labels of every {dataset.name} image")
+    key = hashlib.sha256(f"{dataset.name} {num_classes}".encode())
+    for f in files:
+        stat = f.stat()
+        key.update(f"{f.resolve()} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    folder = cache if cache is not None else class_counts_cache()
+    path = folder / f"{dataset.name}-{key.hexdigest()[:16]}.npy"
+    if path.is_file():
+        return np.load(path)
+    from tqdm import tqdm
+
+    labels = (dataset.id_to_train_id[dataset.read_raw_label(f)]
+              for f in tqdm(files, desc=f"class counts of {dataset.name}", disable=not progress))
+    counts = class_pixel_counts(labels, num_classes)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".npy", delete=False) as handle:
+        np.save(handle, counts)
+    os.replace(handle.name, path)
+    return counts
 
 
 def rare_class_weights(counts: np.ndarray, temperature: float = RCS_TEMPERATURE) -> np.ndarray:

@@ -17,12 +17,12 @@ class DataStream:
     """An endless iterator of batches whose position (samples consumed) is checkpointed."""
 
     def __init__(self, dataset, batch_size: int, world: World, seed: int, workers: int,
-                 consumed: int = 0, on_skip=None) -> None:
+                 consumed: int = 0, on_skip=None, weights=None) -> None:
         self.dataset, self.consumed, self.global_batch = dataset, consumed, batch_size
         self.on_skip = on_skip
         local = batch_size // world.size
         sampler = ResumableSampler(len(dataset), seed=seed, start=consumed,
-                                   num_replicas=world.size, rank=world.rank)
+                                   num_replicas=world.size, rank=world.rank, weights=weights)
         self.loader = DataLoader(dataset, batch_size=local, sampler=sampler, collate_fn=collate,
                                  num_workers=workers, persistent_workers=workers > 0,
                                  pin_memory=torch.cuda.is_available())

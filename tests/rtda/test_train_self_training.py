@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ from rtda.train import run_checkpoints
 from rtda.train.__main__ import main
 from rtda.train.config import resolve_config
 from rtda.train.run import Trainer
-from rtda.train.self_training import EmaTeacher
+from rtda.train.self_training import EmaTeacher, class_pixel_counts, dataset_class_counts
 from rtda.train.step import StepSettings, self_training_loss
 from tests.rtda.data_trees import small_toy
 
@@ -24,6 +25,11 @@ from tests.rtda.data_trees import small_toy
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return small_toy(tmp_path_factory.mktemp("toy"), images=6, val=2)
+
+
+@pytest.fixture(autouse=True)
+def _class_count_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RTDA_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def _config(toy, out, **overrides):
@@ -95,6 +101,35 @@ def test_the_mixed_batch_loss_weights_source_pixels_by_one():
     torch.testing.assert_close(loss, expected)
 
 
+def test_class_counts_are_read_once_and_cached(toy, tmp_path, monkeypatch):
+    from rtda.data import GTA5
+
+    dataset = GTA5(toy.source)
+    counts = dataset_class_counts(dataset, cache=tmp_path / "c")
+    expected = class_pixel_counts(
+        (dataset.id_to_train_id[dataset.read_raw_label(s.label)] for s in dataset.samples), 19)
+    assert np.array_equal(counts, expected) and counts.shape == (6, 19)
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 1
+
+    def unread(path):
+        raise AssertionError("a cached count was read again")
+
+    monkeypatch.setattr(dataset, "read_raw_label", unread)
+    assert np.array_equal(dataset_class_counts(dataset, cache=tmp_path / "c"), counts)
+
+
+def test_rare_class_sampling_draws_by_the_weights(toy, tmp_path):
+    trainer = Trainer(_config(toy, tmp_path / "rcs", iterations=1), progress=False)
+    weights = trainer.source.loader.sampler.weights
+    assert weights is not None and np.isclose(weights.sum(), 1.0)
+    off = Trainer(_config(toy, tmp_path / "off", iterations=1, rare_class_sampling=False),
+                  progress=False)
+    assert off.source.loader.sampler.weights is None
+    adversarial = Trainer(_config(toy, tmp_path / "adv", iterations=1, method="adversarial"),
+                          progress=False)
+    assert adversarial.source.loader.sampler.weights is None
+
+
 def test_bad_self_training_values(toy, tmp_path):
     with pytest.raises(ValueError, match="method must be one of"):
         _config(toy, tmp_path / "x", method="mean-teacher")
@@ -104,6 +139,8 @@ def test_bad_self_training_values(toy, tmp_path):
         _config(toy, tmp_path / "x", pseudo_threshold=-0.1)
     with pytest.raises(ValueError, match="warmup must be >= 0"):
         _config(toy, tmp_path / "x", warmup=-1)
+    with pytest.raises(ValueError, match="rcs_temperature must be > 0"):
+        _config(toy, tmp_path / "x", rcs_temperature=0.0)
 
 
 _WORKER = """
