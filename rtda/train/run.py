@@ -38,13 +38,12 @@ from rtda.train.config import TrainConfig, save_config
 from rtda.train.distributed import (
     any_flag,
     barrier,
-    broadcast_buffers,
     init_world,
     mean_over_ranks,
     unwrap,
     wrap,
 )
-from rtda.train.self_training import EmaTeacher, dataset_class_counts, rare_class_weights
+from rtda.train.self_training import EmaTeacher, rare_class_source_weights
 from rtda.train.step import StepSettings, train_step
 from rtda.train.streams import DataStream
 
@@ -137,18 +136,10 @@ class Trainer:
                 self.val.samples = self.val.samples[: c.val_images]
 
     def _rcs(self, source) -> np.ndarray | None:
-        """Rare-class sampling weights of the source images, with self-training (rank 0 counts
-        the classes first and caches them; the other ranks then read the cache)."""
         c = self.config
         if not (c.mode == "adapt" and c.method != "adversarial" and c.rare_class_sampling):
             return None
-        if self.world.is_main:
-            dataset_class_counts(source, progress=self.progress)
-        barrier(self.world)
-        weights = rare_class_weights(dataset_class_counts(source), c.rcs_temperature)
-        self.note(f"rare-class sampling: {int((weights > 0).sum())} of {len(weights)} source "
-                  f"images can be drawn (T = {c.rcs_temperature:g})", echo=False)
-        return weights
+        return rare_class_source_weights(source, c.rcs_temperature, self.world, self.progress)
 
     def _build_models(self) -> None:
         c = self.config
@@ -183,14 +174,6 @@ class Trainer:
         if self.settings.self_training and self.iteration < self.config.warmup:
             return dataclasses.replace(self.settings, self_training=False)
         return self.settings
-
-    def _update_teacher(self) -> None:
-        """One EMA step; the teacher then holds rank 0's BatchNorm statistics on every rank
-        (DDP keeps the weights equal, but each rank's statistics see its own half batch)."""
-        if self.teacher is None:
-            return
-        self.teacher.update(unwrap(self.segmenter), self.iteration)
-        broadcast_buffers(self.teacher.model, self.world)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -351,7 +334,8 @@ class Trainer:
                 losses = train_step(self.segmenter, self.discriminator, self.seg_optimizer,
                                     self.d_optimizer, source, target, self._settings(),
                                     self.scaler, self.teacher, generator)
-                self._update_teacher()
+                if self.teacher is not None:
+                    self.teacher.update(unwrap(self.segmenter), self.iteration, self.world)
                 losses = mean_over_ranks(losses, self.world)
                 bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
                 if any_flag(bool(bad), self.world):

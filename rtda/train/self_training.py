@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from rtda.data.labels import IGNORE_INDEX
+from rtda.train.distributed import World, barrier, broadcast_buffers
 
 EMA_ALPHA, CONFIDENCE_THRESHOLD, RCS_TEMPERATURE = 0.99, 0.968, 0.01
 
@@ -44,8 +45,10 @@ class EmaTeacher:
         return min(1.0 - 1.0 / (iteration + 1), self.alpha)
 
     @torch.no_grad()
-    def update(self, student: nn.Module, iteration: int) -> None:
-        """One EMA step towards ``student`` (the same architecture, not a DDP wrapper)."""
+    def update(self, student: nn.Module, iteration: int, world: World | None = None) -> None:
+        """One EMA step towards ``student`` (the same architecture, not a DDP wrapper). With
+        ``world``, every rank then takes rank 0's buffers: DDP keeps the weights equal, but each
+        rank's BatchNorm statistics see its own part of the batch."""
         m = self.momentum(iteration)
         for t, s in zip(self.model.parameters(), student.parameters(), strict=True):
             t.mul_(m).add_(s.detach(), alpha=1.0 - m)
@@ -54,6 +57,8 @@ class EmaTeacher:
                 t.mul_(m).add_(s.detach(), alpha=1.0 - m)
             else:
                 t.copy_(s)
+        if world is not None:
+            broadcast_buffers(self.model, world)
 
     def state_dict(self) -> dict:
         return self.model.state_dict()
@@ -162,3 +167,13 @@ def rare_class_weights(counts: np.ndarray, temperature: float = RCS_TEMPERATURE)
     per_image = present[:, classes] / present[:, classes].sum(axis=0)
     weights = per_image @ p_class
     return weights / weights.sum()
+
+
+def rare_class_source_weights(source, temperature: float, world: World,
+                              progress: bool = False) -> np.ndarray:
+    """:func:`rare_class_weights` of ``source``: rank 0 counts the classes and caches them first,
+    the other ranks then read the cache."""
+    if world.is_main:
+        dataset_class_counts(source, progress=progress)
+    barrier(world)
+    return rare_class_weights(dataset_class_counts(source), temperature)
