@@ -24,6 +24,7 @@ from rtda_kernels.functional import (
     adversarial_loss,
     discriminator_loss,
     dwsep_conv2d,
+    pseudo_label_loss,
     winograd_conv3x3,
 )
 from rtda_kernels.reference.winograd_conv3x3 import winograd_weight
@@ -36,6 +37,7 @@ __all__ = [
     "dwsep_conv2d",
     "has_kernel",
     "nn",
+    "pseudo_label_loss",
     "reference",
     "select_backend",
     "use_backend",

@@ -10,6 +10,7 @@ import torch
 
 import rtda_kernels.ops.adversarial_loss  # noqa: F401  (each declares its op's kernels)
 import rtda_kernels.ops.dwsep_conv2d  # noqa: F401
+import rtda_kernels.ops.pseudo_label_loss  # noqa: F401
 import rtda_kernels.ops.winograd_conv3x3  # noqa: F401
 from rtda_kernels import _checks, reference
 from rtda_kernels.backends import dispatch
@@ -168,6 +169,61 @@ def discriminator_loss(
     loss, _, _ = dispatch("discriminator_loss", d_source.device, d_source.dtype, "d_source",
                           d_source, d_target, source_value, target_value, size, compute_grad)
     return loss
+
+
+def _check_labels(labels: object, student: torch.Tensor, size: list[int]) -> None:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor or None, got {type(labels).__name__}")
+    if labels.dtype != torch.int64:
+        raise TypeError(f"labels must be an int64 tensor (class ids, -1 or 255), got {labels.dtype}")
+    _checks.shape("labels", labels, (student.shape[0], *size), "N x H x W (the output size)")
+    if labels.device != student.device:
+        raise ValueError(f"labels is on {labels.device} but student is on {student.device}: "
+                         "all tensors must be on one device")
+    classes = student.shape[1]
+    if torch.compiler.is_compiling():
+        return  # a data-dependent check would break the graph; the kernels ignore bad ids
+    valid = (labels == reference.PSEUDO_LABEL) | (labels == reference.IGNORE_LABEL) | (
+        (labels >= 0) & (labels < classes))
+    if not bool(valid.all()):
+        bad = labels[~valid][0].item()
+        raise ValueError(f"labels must hold class ids in [0, {classes}), -1 (pseudo-label) or "
+                         f"255 (ignored), got {bad}")
+
+
+def pseudo_label_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    threshold: float = 0.968,
+    output_size: Sequence[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-training's loss in one fused pass: ``(loss, weight)`` of
+    ``rtda_kernels.reference.pseudo_label_loss`` (the teacher's argmax as pseudo-labels, ``weight``
+    the per-image fraction of pixels whose teacher softmax maximum exceeds ``threshold``, the
+    student's cross-entropy weighted by it; ``labels`` -1 = pseudo-label, a class id = weight 1,
+    255 = ignored), with both logit maps (N x C x h x w) upsampled to ``output_size`` on the fly:
+    neither the full-resolution maps, the softmax nor the pseudo-labels are materialised.
+    Differentiable in ``student``; ``teacher`` must not require grad. float16/bfloat16 inputs are
+    computed in float32."""
+    _check_logits("student", student)
+    _check_logits("teacher", teacher)
+    _checks.shape("teacher", teacher, tuple(student.shape), "that of student")
+    _checks.same_dtype_and_device("student", student, teacher=teacher)
+    if teacher.requires_grad and torch.is_grad_enabled():
+        raise ValueError("teacher requires grad, but its pseudo-labels get no gradient: pass "
+                         "teacher.detach() (or compute it under torch.no_grad())")
+    size = _check_output_size(output_size, student)
+    if labels is not None:
+        _check_labels(labels, student, size)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
+            0.0 <= threshold < 1.0):
+        raise ValueError(f"threshold must be a float in [0, 1), got {threshold!r}")
+    compute_grad = torch.is_grad_enabled() and student.requires_grad
+    loss, weight, _ = dispatch("pseudo_label_loss", student.device, student.dtype, "student",
+                               student, teacher, labels, float(threshold), size, compute_grad)
+    return loss, weight
 
 
 def winograd_conv3x3(

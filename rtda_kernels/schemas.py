@@ -36,6 +36,11 @@ SCHEMAS = {
     "discriminator_loss": "(Tensor d_source, Tensor d_target, float source_label, "
                           "float target_label, int[] output_size, bool compute_grad) "
                           "-> (Tensor, Tensor, Tensor)",
+    # Self-training: the student's cross-entropy against the teacher's confidence-weighted
+    # pseudo-labels (labels -1), class ids or 255, both maps resized to output_size on the fly
+    # -> (loss, weight per image, grad_student or (0,)).
+    "pseudo_label_loss": "(Tensor student, Tensor teacher, Tensor? labels, float threshold, "
+                         "int[] output_size, bool compute_grad) -> (Tensor, Tensor, Tensor)",
     # Inference: 3x3 stride-1 conv by Winograd F(4x4, 3x3), + bias (+ residual), then ReLU.
     "winograd_conv3x3": "(Tensor x, Tensor weight, Tensor weight_winograd, Tensor? bias, "
                         "Tensor? residual, bool relu) -> Tensor",

@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of every Triton kernel variant, for real GPU targets, without a GPU.
 
 The launchers (``dwsep_conv2d.forward/backward``, ``adversarial_loss.loss/loss_backward/
-discriminator``) run on meta tensors under ``target.plan_for_gpu``, with ``JITFunction.run``
+discriminator``, ``pseudo_label_loss.loss``) run on meta tensors under ``target.plan_for_gpu``, with ``JITFunction.run``
 recording each launch instead of running it. Each launch is then specialised exactly as Triton's
 JIT would specialise it for a target (its own binder: argument types, divisibility, ints equal to
 1) and compiled with ``triton.compile(..., target=GPUTarget("cuda", cap, 32))``: PTX, then a cubin
@@ -147,6 +147,22 @@ def _loss_calls(case: LossCase, dtype: torch.dtype) -> Iterator[Callable[[], obj
         yield lambda g=grad: kernels.discriminator(logits, logits.clone(), 1.0, 0.0, list(size), g)
 
 
+def paper_pseudo_cases() -> list[LossCase]:
+    """The self-training loss at the paper's training shape: 1/8 maps of 512 x 1024, batch 4."""
+    return [((4, 19, 64, 128), (512, 1024))]
+
+
+def _pseudo_calls(case: LossCase, dtype: torch.dtype) -> Iterator[Callable[[], object]]:
+    from rtda_kernels.triton import pseudo_label_loss as kernels
+
+    shape, size = case
+    student, teacher = _meta(*shape, dtype=dtype), _meta(*shape, dtype=dtype)
+    labels = torch.empty((shape[0], *size), device="meta", dtype=torch.int64)
+    for given in (None, labels):
+        for grad in (False, True):
+            yield lambda l=given, g=grad: kernels.loss(student, teacher, l, 0.968, list(size), g)
+
+
 def record_launches(dwsep_cases: Iterable[DwsepCase], loss_cases: Iterable[LossCase],
                     multiprocessors: int) -> list[Launch]:
     """Every launch the launchers make for these cases and dtypes on a GPU of that many SMs."""
@@ -162,6 +178,9 @@ def record_launches(dwsep_cases: Iterable[DwsepCase], loss_cases: Iterable[LossC
                         call()
                 for case in loss_cases:
                     for call in _loss_calls(case, dtype):
+                        call()
+                for case in paper_pseudo_cases():
+                    for call in _pseudo_calls(case, dtype):
                         call()
     return launches
 

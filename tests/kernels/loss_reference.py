@@ -1,4 +1,4 @@
-"""The adversarial losses in float64 arithmetic with the bilinear taps the op defines, for the
+"""The adversarial and self-training losses in float64 arithmetic with the bilinear taps the op defines, for the
 kernel tests (CPU, Triton, emulated CUDA) and the benchmarks' checks.
 
 Why not ``rtda_kernels.reference`` on ``logits.double()``: F.interpolate then computes its source
@@ -65,3 +65,32 @@ def discriminator_loss(d_source: torch.Tensor, d_target: torch.Tensor, source_la
     float64 arithmetic with the taps of ``dtype``."""
     return 0.5 * (adversarial_loss(d_source, source_label, output_size, "mean", dtype)
                   + adversarial_loss(d_target, target_label, output_size, "mean", dtype))
+
+
+def pseudo_label_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None,
+                      threshold: float, output_size: Sequence[int] | None, dtype: torch.dtype
+                      ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(loss, weight, ambiguous pixels) of ``rtda_kernels.reference.pseudo_label_loss`` for
+    float64 ``student`` / ``teacher`` resized as the op does for inputs of ``dtype``.
+
+    The pseudo-labels and the confident pixels are decisions: where the teacher's top two logits
+    are within 1e-5 or its softmax maximum within 1e-6 of the threshold, rounding in the kernel's
+    dtype may decide either way; such pixels are counted (tests draw inputs without them)."""
+    s = resize(student, output_size, dtype)
+    t = resize(teacher.detach(), output_size, dtype)
+    top2 = t.topk(min(2, t.shape[1]), dim=1).values
+    confidence = torch.softmax(t, dim=1).amax(dim=1)
+    threshold = float(torch.tensor(threshold, dtype=coordinate_dtype(dtype)))
+    ambiguous = (confidence - threshold).abs() < 1e-6
+    if t.shape[1] > 1:
+        ambiguous |= (top2[:, 0] - top2[:, 1]).abs() < 1e-5
+    weight = (confidence > threshold).double().mean(dim=(1, 2))
+    pseudo = t.argmax(dim=1)
+    if labels is None:
+        labels = torch.full_like(pseudo, -1)
+    use_pseudo = labels == -1
+    target = torch.where(use_pseudo, pseudo, labels)
+    pixel_weight = torch.where(use_pseudo, weight.view(-1, 1, 1), torch.ones((), dtype=s.dtype))
+    per_pixel = F.cross_entropy(s, target, ignore_index=255, reduction="none")
+    loss = (per_pixel * pixel_weight).sum() / target.numel()
+    return loss, weight, int(ambiguous.sum())

@@ -10,7 +10,8 @@ import torch
 import rtda_kernels
 from rtda_kernels import backends
 
-OPS = ("dwsep_conv2d", "adversarial_loss", "discriminator_loss", "winograd_conv3x3")
+OPS = ("dwsep_conv2d", "adversarial_loss", "discriminator_loss", "pseudo_label_loss",
+       "winograd_conv3x3")
 
 
 def test_available_backends_says_why_one_is_missing():
@@ -87,13 +88,15 @@ def test_a_dtype_the_backend_does_not_compute_is_a_type_error():
         rtda_kernels.winograd_conv3x3(x, weight)
 
 
-@pytest.mark.parametrize("op", ["adversarial_loss", "discriminator_loss"])
+@pytest.mark.parametrize("op", ["adversarial_loss", "discriminator_loss", "pseudo_label_loss"])
 def test_eager_calls_use_the_registered_autograd(op):
     """One autograd path: the op's grad_fn is the one torch.library registered (the same that
     torch.compile traces), not a separate eager autograd.Function."""
     logits = torch.randn(2, 1, 4, 4, requires_grad=True)
     if op == "adversarial_loss":
         loss = rtda_kernels.adversarial_loss(logits, 1.0, output_size=(8, 8))
+    elif op == "pseudo_label_loss":
+        loss, _ = rtda_kernels.pseudo_label_loss(logits, logits.detach(), output_size=(8, 8))
     else:
         loss = rtda_kernels.discriminator_loss(logits, logits, output_size=(8, 8))
     assert backends.select_backend(op, logits.device) == "cpu"

@@ -24,6 +24,7 @@ import rtda_kernels
 from tests.kernels import dwsep_reference
 from tests.kernels import test_adversarial_loss as loss_tests
 from tests.kernels import test_dwsep_conv2d as dwsep_tests
+from tests.kernels import test_pseudo_label_loss as pseudo_tests
 from tests.kernels import test_winograd_conv3x3 as winograd_tests
 from tests.kernels.helpers import TOLERANCES, assert_close, relative_error, tolerance
 
@@ -62,6 +63,18 @@ def _loss() -> dict[str, Compared]:
             "adversarial_loss grad": Compared(grad, expected_grad, "adversarial_loss grad", 1.0)}
 
 
+def _pseudo() -> dict[str, Compared]:
+    shape = pseudo_tests.SHAPES[0]  # 2 x 5 x 4 x 8 -> 32 x 64
+    student, teacher, labels = pseudo_tests.make(shape, torch.float32, "cpu")
+    loss, _, grad = pseudo_tests.run("cpu", student, teacher, labels, shape[4:])
+    expected_loss, _, expected_grad, _ = pseudo_tests.expected(student, teacher, labels, shape[4:])
+    floor = 1.0 / (shape[0] * shape[4] * shape[5])
+    return {"pseudo_label_loss": Compared(loss, expected_loss, "pseudo_label_loss",
+                                          student.abs().max().item()),
+            "pseudo_label_loss grad": Compared(grad, expected_grad, "pseudo_label_loss grad",
+                                               floor)}
+
+
 def _winograd() -> dict[str, Compared]:
     x, weight, bias, residual = winograd_tests.make(winograd_tests.CASES[5])  # 40 -> 24, 23x29
     with torch.no_grad():
@@ -78,6 +91,7 @@ def _compared(name: str) -> Compared:
     if not _cache:
         _cache.update(_dwsep())
         _cache.update(_loss())
+        _cache.update(_pseudo())
         if rtda_kernels.has_kernel("winograd_conv3x3", "cpu"):
             _cache.update(_winograd())
     if name not in _cache:
@@ -86,7 +100,8 @@ def _compared(name: str) -> Compared:
 
 
 QUANTITIES = ["dwsep_conv2d y", *(f"dwsep_conv2d grad {n}" for n in dwsep_reference.NAMES),
-              "adversarial_loss", "adversarial_loss grad", "winograd_conv3x3"]
+              "adversarial_loss", "adversarial_loss grad", "pseudo_label_loss",
+              "pseudo_label_loss grad", "winograd_conv3x3"]
 
 
 def _worst(c: Compared, scale: float) -> torch.Tensor:

@@ -63,6 +63,24 @@ inline void check_adversarial_args(const at::Tensor& logits, const std::optional
   if (target.has_value()) check_loss_map("target", *target, logits, output_size);
 }
 
+inline void check_pseudo_label_args(const at::Tensor& student, const at::Tensor& teacher,
+                                    const std::optional<at::Tensor>& labels,
+                                    at::IntArrayRef output_size) {
+  TORCH_CHECK(student.dim() == 4 && student.numel() > 0,
+              "pseudo_label_loss: student must be a non-empty N x C x h x w tensor, got ",
+              student.sizes());
+  TORCH_CHECK(teacher.sizes() == student.sizes() && teacher.scalar_type() == student.scalar_type(),
+              "pseudo_label_loss: teacher must have the shape and dtype of student, got ",
+              teacher.sizes());
+  TORCH_CHECK(output_size.size() == 2 && output_size[0] >= 1 && output_size[1] >= 1,
+              "pseudo_label_loss: output_size must be [H, W] with H, W >= 1, got ", output_size);
+  TORCH_CHECK(!labels.has_value() ||
+                  (labels->scalar_type() == at::kLong && labels->dim() == 3 &&
+                   labels->size(0) == student.size(0) && labels->size(1) == output_size[0] &&
+                   labels->size(2) == output_size[1]),
+              "pseudo_label_loss: labels must be an int64 N x H x W tensor");
+}
+
 inline Activation activation_of(std::optional<double> negative_slope) {
   return Activation{negative_slope.has_value(),
                     negative_slope.value_or(0.0)};
