@@ -81,7 +81,8 @@ class BiSeNet(nn.Module):
 
     ``forward(x)`` takes N x 3 x H x W (H, W multiples of 32) and returns logits N x num_classes x
     H x W; in training mode it returns ``(main, aux16, aux32)``, the auxiliary heads' logits on
-    the stride-16 and stride-32 context features, all at the input size.
+    the stride-16 and stride-32 context features, all at the input size (``resize=False``: at
+    their own resolution).
     """
 
     def __init__(self, backbone: str = "resnet101", num_classes: int = 19) -> None:
@@ -122,7 +123,10 @@ class BiSeNet(nn.Module):
                 f"{height}x{width} (e.g. resize to 512x1024)"
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, resize: bool = True
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``resize=False`` returns each output at its head's resolution (main: 1/8 of the input,
+        aux16 1/16, aux32 1/32), for losses that upsample on the fly."""
         self._check_input(x)
         size = x.shape[2:]
         spatial = self.spatial_path(x)
@@ -133,8 +137,9 @@ class BiSeNet(nn.Module):
         grid = spatial.shape[2:]
         context = torch.cat((resize_bilinear(context16, grid), resize_bilinear(context32, grid)),
                             dim=1)
-        main = resize_bilinear(self.classifier(self.ffm(spatial, context)), size)
-        if not self.training:
-            return main
-        return (main, resize_bilinear(self.aux16(context16), size),
-                resize_bilinear(self.aux32(context32), size))
+        outputs = [self.classifier(self.ffm(spatial, context))]
+        if self.training:
+            outputs += [self.aux16(context16), self.aux32(context32)]
+        if resize:
+            outputs = [resize_bilinear(o, size) for o in outputs]
+        return tuple(outputs) if self.training else outputs[0]

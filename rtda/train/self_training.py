@@ -1,5 +1,6 @@
 """The parts of self-training (DACS, DAFormer) that the training loop combines: an EMA teacher,
-pseudo-labels weighted by the teacher's confidence, ClassMix, and rare-class sampling weights.
+ClassMix, and rare-class sampling weights (the confidence-weighted pseudo-label loss is
+``rtda_kernels.pseudo_label_loss``).
 
 Defaults from the papers: teacher momentum 0.99 (DACS), confidence threshold 0.968 (DACS), rare-class
 temperature 0.01 (DAFormer). How they fit together is in docs/training.md.
@@ -65,15 +66,6 @@ class EmaTeacher:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state)
-
-
-def pseudo_labels(logits: torch.Tensor, threshold: float = CONFIDENCE_THRESHOLD
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labels N x H x W, weight N) from the teacher's logits N x C x H x W: the argmax, and per
-    image the fraction of pixels whose softmax maximum exceeds ``threshold`` (DACS's weight of
-    the target loss)."""
-    confidence, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
-    return labels, (confidence > threshold).float().mean(dim=(1, 2))
 
 
 def class_mix_masks(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

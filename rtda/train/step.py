@@ -17,9 +17,9 @@ teacher's pseudo-labels of the target batch, weighted by its confident fraction;
 ``class_mix``, half of each source image's classes pasted onto its target image (their pixels
 keep the source label and weight 1); the student's weighted cross-entropy on that batch.
 
-``fused=True`` computes both adversarial losses with ``rtda_kernels`` (the map upsampled on the fly
-when ``output_size`` is given); ``fused=False`` with ``rtda_kernels.reference``, plain PyTorch
-(``F.interpolate`` + ``F.binary_cross_entropy_with_logits``). The discriminator itself is fused
+``fused=True`` computes both adversarial losses and the self-training loss with ``rtda_kernels``
+(the maps upsampled on the fly); ``fused=False`` with ``rtda_kernels.reference``, plain PyTorch
+(``F.interpolate`` + ``F.binary_cross_entropy_with_logits``, ``F.cross_entropy``). The discriminator itself is fused
 or not as it was built. Source-only and target-only training run step 1 alone.
 """
 
@@ -34,7 +34,7 @@ from torch import nn
 
 import rtda_kernels
 from rtda_kernels import reference
-from rtda.train.self_training import EmaTeacher, class_mix_masks, mix, pseudo_labels
+from rtda.train.self_training import EmaTeacher, class_mix_masks, mix
 
 MODES = ("adapt", "source-only", "target-only")
 METHODS = ("adversarial", "self-training", "both")  # what "adapt" does
@@ -88,21 +88,24 @@ def self_training_loss(segmenter: nn.Module, teacher: EmaTeacher, source: dict, 
                        settings: StepSettings, generator: torch.Generator
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the student's confidence-weighted cross-entropy on the (mixed) target batch, the mean
-    pseudo-label weight)."""
+    pseudo-label weight). Fused: both models' 1/8 outputs go to ``pseudo_label_loss``, which
+    upsamples them on the fly; else the outputs at the input size to its reference."""
     device = target["image"].device
+    size = tuple(target["image"].shape[-2:])
+    resize = not settings.fused
     with torch.no_grad(), _autocast(device, settings.amp):
-        labels, weight = pseudo_labels(teacher.model(target["image"]), settings.pseudo_threshold)
-    pixel_weight = weight.view(-1, 1, 1).expand_as(labels)
-    image = target["image"]
+        teacher_logits = teacher.model(target["image"], resize=resize)
+    image, labels = target["image"], None
     if settings.class_mix:
         masks = class_mix_masks(source["label"], generator)
         image = mix(masks, source["image"], image)
-        labels = mix(masks, source["label"], labels)
-        pixel_weight = torch.where(masks, torch.ones_like(pixel_weight), pixel_weight)
+        labels = torch.where(masks, source["label"], reference.PSEUDO_LABEL)
     with _autocast(device, settings.amp):
-        main = segmenter(image)[0]
-    per_pixel = F.cross_entropy(main.float(), labels, ignore_index=255, reduction="none")
-    return (per_pixel * pixel_weight).mean(), weight.mean()
+        main = segmenter(image, resize=resize)[0]
+    loss = rtda_kernels.pseudo_label_loss if settings.fused else reference.pseudo_label_loss
+    value, weight = loss(main.float(), teacher_logits.float(), labels,
+                         threshold=settings.pseudo_threshold, output_size=size)
+    return value, weight.mean()
 
 
 def train_step(segmenter: nn.Module, discriminator: nn.Module | None,

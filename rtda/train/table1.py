@@ -1,6 +1,7 @@
 """``python -m rtda.train.table1``: Table I of the paper — target val mIoU of source-only
-training, source-only training with target BatchNorm statistics, adaptation (``--fused``) and
-target-only training (the oracle), per seed and as mean +- std. On the toy pair by default; any
+training, source-only training with target BatchNorm statistics, adaptation (``--fused``),
+self-training and both (beyond the paper), and target-only training (the oracle), per seed, as
+mean +- std, with each row's seconds per iteration. On the toy pair by default; any
 source/target pair with ``--source``/``--target`` and their roots.
 
 "source only + target BN" is the adaptation run with ``lambda_adv = 0``: the same data flow (the
@@ -33,16 +34,35 @@ ROWS = (("source-only", "source only", {"mode": "source-only"}),
         ("target-bn", "source only + target BN (adapt, lambda_adv 0)",
          {"mode": "adapt", "fused": True, "lambda_adv": 0.0}),
         ("adapt-fused", "adapted (FCD-Light&Thin, fused)", {"mode": "adapt", "fused": True}),
+        ("self-training", "self-training (EMA teacher, ClassMix, rare-class sampling; fused)",
+         {"mode": "adapt", "fused": True, "method": "self-training"}),
+        ("both", "adversarial + self-training (fused)",
+         {"mode": "adapt", "fused": True, "method": "both"}),
         ("target-only", "target only (oracle)", {"mode": "target-only"}))
 
 
-def _final_miou(run_dir: Path, iteration: int) -> float | None:
+def _metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    scores = [r["miou"] for r in rows if r["kind"] == "val" and r["iteration"] == iteration]
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _final_miou(run_dir: Path, iteration: int) -> float | None:
+    scores = [r["miou"] for r in _metrics(run_dir)
+              if r["kind"] == "val" and r["iteration"] == iteration]
     return scores[-1] if scores else None
+
+
+def seconds_per_iteration(run_dir: Path) -> float | None:
+    """The median over the run's log intervals of seconds per training iteration (validation,
+    checkpoints and restarts fall between log rows of one interval at most, which the median
+    ignores)."""
+    rows = [r for r in _metrics(run_dir) if r["kind"] == "train"]
+    steps = [(b["seconds"] - a["seconds"]) / (b["iteration"] - a["iteration"])
+             for a, b in zip(rows, rows[1:])
+             if b["iteration"] > a["iteration"] and b["seconds"] > a["seconds"]]
+    return statistics.median(steps) if steps else None
 
 
 def run_row(slug: str, overrides: dict, seed: int, out: Path, extra: dict, progress: bool,
@@ -67,17 +87,23 @@ def run_row(slug: str, overrides: dict, seed: int, out: Path, extra: dict, progr
     return result["val_miou"]
 
 
-def format_table(scores: dict[str, list[float]], seeds: list[int]) -> str:
-    """A Markdown table; the mean ± std column only when there are several seeds."""
+def format_table(scores: dict[str, list[float]], seeds: list[int],
+                 seconds: dict[str, list[float]] | None = None) -> str:
+    """A Markdown table; the mean ± std column only when there are several seeds, the seconds
+    per iteration (median of each run's, mean over the seeds) when given."""
     several = len(seeds) > 1
+    timed = seconds is not None
     lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds)
-             + (" | mean ± std |" if several else " |"),
-             "|---|" + "---:|" * (len(seeds) + several)]
+             + (" | mean ± std" if several else "") + (" | s / iteration" if timed else "") + " |",
+             "|---|" + "---:|" * (len(seeds) + several + timed)]
     for _, title, _ in ROWS:
         values = [100 * v for v in scores[title]]
         cells = [f"{v:.2f}" for v in values]
         if several:
             cells.append(f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}")
+        if timed:
+            known = [v for v in seconds.get(title, []) if v is not None]
+            cells.append(f"{statistics.mean(known):.2f}" if known else "-")
         lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -120,17 +146,19 @@ def main(argv: list[str] | None = None) -> int:
                                "resolution": args.resolution,
                                "workers": args.workers}.items() if v is not None}
     scores: dict[str, list[float]] = {title: [] for _, title, _ in ROWS}
+    seconds: dict[str, list[float]] = {title: [] for _, title, _ in ROWS}
     try:
         for seed in args.seeds:
             for slug, title, overrides in ROWS:
                 miou = run_row(slug, overrides, seed, args.out, extra, not args.quiet,
                                preset=args.preset, resume=args.resume, overwrite=args.overwrite)
                 scores[title].append(miou)
+                seconds[title].append(seconds_per_iteration(args.out / f"{slug}-seed{seed}"))
                 print(f"seed {seed}, {title}: target val mIoU {100 * miou:.2f}", flush=True)
     except (ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    table = format_table(scores, args.seeds)
+    table = format_table(scores, args.seeds, seconds)
     args.out.mkdir(parents=True, exist_ok=True)
     pair = f"{args.source} -> {args.target}"
     command = shlex.join(["python", "-m", "rtda.train.table1", *(argv if argv is not None
@@ -138,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "table1.md").write_text(
         f"Table I, {pair}, target val mIoU (%), from `{command}`:\n\n{table}\n")
     (args.out / "table1.json").write_text(json.dumps(
-        {"pair": pair, "seeds": args.seeds, "command": command, "miou": scores}, indent=2) + "\n")
+        {"pair": pair, "seeds": args.seeds, "command": command, "miou": scores,
+         "seconds_per_iteration": seconds}, indent=2) + "\n")
     print(f"\nTable I, {pair} (target val mIoU, %):\n\n{table}\n")
     return 0
 

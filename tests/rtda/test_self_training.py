@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch import nn
 
+import rtda_kernels
+from rtda_kernels import reference
 from rtda.train.sampler import ResumableSampler
 from rtda.train.self_training import (
     EmaTeacher,
     class_mix_masks,
     class_pixel_counts,
     mix,
-    pseudo_labels,
     rare_class_weights,
 )
 
@@ -52,14 +53,18 @@ def test_ema_follows_the_formula_for_parameters_and_buffers():
 
 
 def test_pseudo_labels_are_the_argmax_weighted_by_the_confident_fraction():
+    """The loss training uses (plain and fused): the teacher's argmax, DACS's weight."""
     logits = torch.zeros(2, 3, 2, 2)
     logits[0, 1] = 10.0  # every pixel of image 0: class 1 with p = 0.99991
     logits[1, 2, 0, 0] = 10.0  # image 1: one confident pixel of class 2, the rest uniform
-    labels, weight = pseudo_labels(logits)
-    assert labels[0].eq(1).all() and labels[1, 0, 0] == 2
-    assert weight.tolist() == [1.0, 0.25]
-    _, strict = pseudo_labels(logits, threshold=0.99995)
-    assert strict.tolist() == [0.0, 0.0]
+    student = torch.zeros(2, 3, 2, 2)
+    for loss in (reference.pseudo_label_loss, rtda_kernels.pseudo_label_loss):
+        value, weight = loss(student, logits)
+        assert weight.tolist() == [1.0, 0.25]
+        # a uniform student: log 3 per pixel, weighted by its image's fraction
+        torch.testing.assert_close(value, torch.tensor((1.0 + 0.25) / 2 * math.log(3)))
+        _, strict = loss(student, logits, threshold=0.99995)
+        assert strict.tolist() == [0.0, 0.0]
 
 
 def test_class_mix_takes_half_of_each_source_images_classes():

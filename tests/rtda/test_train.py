@@ -335,7 +335,11 @@ def test_table1_runs_each_row_and_reads_finished_runs_back(toy, tmp_path, capsys
     out = capsys.readouterr().out
     assert "| source only |" in out and "| target only (oracle) |" in out and "± " in out
     assert "| source only + target BN (adapt, lambda_adv 0) |" in out
-    assert len(list((tmp_path / "t").glob("*-seed*"))) == 8
+    assert "| self-training (EMA teacher, ClassMix, rare-class sampling; fused) |" in out
+    assert "| adversarial + self-training (fused) |" in out and "s / iteration |" in out
+    assert len(list((tmp_path / "t").glob("*-seed*"))) == 12
+    both = yaml.safe_load((tmp_path / "t" / "both-seed1" / "config.yaml").read_text())
+    assert (both["method"], both["fused"]) == ("both", True)
     bn = yaml.safe_load((tmp_path / "t" / "target-bn-seed0" / "config.yaml").read_text())
     assert (bn["mode"], bn["lambda_adv"], bn["preset"]) == ("adapt", 0.0, "toy")
     assert "Table I, toy -> toy" in (tmp_path / "t" / "table1.md").read_text()
@@ -343,3 +347,14 @@ def test_table1_runs_each_row_and_reads_finished_runs_back(toy, tmp_path, capsys
     assert table1.main([*argv, "--resume"]) == 0  # finished runs are read back, not trained
     assert (tmp_path / "t" / "adapt-fused-seed0" / "last.pt").stat().st_mtime_ns == stamp
     assert capsys.readouterr().out.split("Table I")[1] == out.split("Table I")[1]
+
+
+def test_table1_seconds_per_iteration_is_the_median_interval(tmp_path):
+    from rtda.train import table1
+
+    rows = [{"iteration": i, "kind": "train", "seconds": s}
+            for i, s in ((10, 5.0), (20, 7.0), (30, 30.0), (40, 32.0))]  # 30: a validation
+    rows.insert(2, {"iteration": 20, "kind": "val", "miou": 0.3})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert table1.seconds_per_iteration(tmp_path) == pytest.approx(0.2)
+    assert table1.seconds_per_iteration(tmp_path / "missing") is None
