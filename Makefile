@@ -29,10 +29,11 @@ $(STAMP): $(PY) pyproject.toml CMakeLists.txt $(wildcard csrc/*.cpp csrc/*/*.cpp
 setup: $(STAMP)
 
 # Table I on the built-in toy pair, one seed: source-only, source-only + target BatchNorm,
-# adapted (fused) and target-only training, each scored on the target val split. Three seeds:
-# `$(PY) -m rtda.train.table1` (the default --seeds 0 1 2).
+# adapted (fused) and target-only training, each scored on the target val split. Three seeds
+# and the self-training rows too: `$(PY) -m rtda.train.table1` (every row, seeds 0 1 2).
 demo: setup
-	$(PY) -m rtda.train.table1 --seeds 0 --out runs/demo --resume
+	$(PY) -m rtda.train.table1 --seeds 0 --rows source-only target-bn adapt-fused target-only \
+		--out runs/demo --resume
 
 test: setup test-python check-cuda check-aarch64
 

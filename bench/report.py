@@ -28,13 +28,14 @@ from pathlib import Path
 
 from rtda.machine import cpu_model, simd_extensions
 
-BASELINES = ("eager", "plain")
+BASELINES = ("eager", "plain", "adversarial")  # a group's baseline: the first of these it has
 PROVIDER_ORDER = ("eager", "plain", "compile", "fused", "runtime", "runtime-compile",
-                  "onnxruntime")
+                  "onnxruntime", "adversarial", "self-training", "both")
 # Benchmark file -> section title, in page order.
 SECTIONS = {
     "test_dwsep_conv2d.py": "Fused depthwise-separable conv + LeakyReLU",
     "test_adversarial_loss.py": "Fused pixel-wise adversarial losses",
+    "test_pseudo_label_loss.py": "Fused self-training loss (pseudo-labels + weighted cross-entropy)",
     "test_winograd_conv3x3.py": "Winograd 3x3 conv + residual + ReLU (inference, ResNet-18 stages)",
     "test_models.py": "Discriminators (FCD, FCD-Light, FCD-Light&Thin)",
     "test_train_step.py": "One training iteration (BiSeNet-R18 + discriminator, both updates)",
@@ -132,7 +133,7 @@ def memory_table(groups: list[Group]) -> str:
 
 # The README's headline rows: group names that start with one of these, in this order.
 HEADLINE = ("light_thin stack fwd (", "light_thin stack fwd+bwd (", "adversarial_loss fwd+bwd (",
-            "discriminator_loss fwd+bwd (", "fcd_light fwd+bwd (", "fcd_light_thin fwd+bwd (",
+            "discriminator_loss fwd+bwd (", "pseudo_label_loss fwd+bwd (", "fcd_light fwd+bwd (", "fcd_light_thin fwd+bwd (",
             "train step fcd_light_thin (")
 README_BEGIN, README_END = "<!-- bench.report:headline -->", "<!-- /bench.report:headline -->"
 

@@ -69,16 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pseudo_label_loss_cuda(
     job.weight = weight.mutable_data_ptr<scalar_t>();
     job.loss = loss.mutable_data_ptr<scalar_t>();
     job.grad = compute_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
-    job.threshold = static_cast<acc_t>(threshold);
-    job.scale_y = rtda::resize_scale<acc_t>(h, H);
-    job.scale_x = rtda::resize_scale<acc_t>(w, W);
-    job.scale = static_cast<acc_t>(1.0 / (static_cast<double>(n) * H * W));
-    job.n = n;
-    job.classes = C;
-    job.h = h;
-    job.w = w;
-    job.out_h = H;
-    job.out_w = W;
+    pl::set_sizes(job, n, C, h, w, H, W, threshold);
     pl::launch<scalar_t, acc_t>(job, plan, launcher, temporaries);
   });
   return {loss, weight, grad};

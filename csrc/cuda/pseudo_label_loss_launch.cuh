@@ -34,6 +34,22 @@ inline Plan plan(int64_t n, int64_t classes, int64_t h, int64_t w, int64_t out_h
   return p;
 }
 
+// The sizes, scales and threshold of `job` (its tensors are the caller's).
+template <typename scalar_t, typename Acc>
+void set_sizes(Job<scalar_t, Acc>& job, int64_t n, int64_t classes, int64_t h, int64_t w,
+               int64_t out_h, int64_t out_w, double threshold) {
+  job.threshold = static_cast<Acc>(threshold);
+  job.scale_y = rtda::resize_scale<Acc>(h, out_h);
+  job.scale_x = rtda::resize_scale<Acc>(w, out_w);
+  job.scale = static_cast<Acc>(1.0 / (static_cast<double>(n) * out_h * out_w));
+  job.n = n;
+  job.classes = classes;
+  job.h = h;
+  job.w = w;
+  job.out_h = out_h;
+  job.out_w = out_w;
+}
+
 // Runs the kernels for `job` (inputs, outputs and sizes set; rows, partial and weight_acc are
 // allocated here). `job.grad` decides whether the gradient is computed.
 template <typename scalar_t, typename Acc, typename Launcher, typename Allocator>

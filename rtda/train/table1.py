@@ -97,6 +97,8 @@ def format_table(scores: dict[str, list[float]], seeds: list[int],
              + (" | mean ± std" if several else "") + (" | s / iteration" if timed else "") + " |",
              "|---|" + "---:|" * (len(seeds) + several + timed)]
     for _, title, _ in ROWS:
+        if title not in scores:
+            continue
         values = [100 * v for v in scores[title]]
         cells = [f"{v:.2f}" for v in values]
         if several:
@@ -112,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rtda.train.table1", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", choices=[slug for slug, _, _ in ROWS],
+                        default=[slug for slug, _, _ in ROWS], metavar="ROW",
+                        help="the rows to train, of: " + ", ".join(s for s, _, _ in ROWS)
+                             + " (default: all)")
     parser.add_argument("--out", type=Path, default=Path("runs/table1"))
     parser.add_argument("--preset", choices=tuple(PRESETS), default=None,
                         help="as rtda.train: toy on the toy pair, paper with a real dataset")
@@ -145,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
                                "target_root": args.target_root, "pretrained": args.pretrained,
                                "resolution": args.resolution,
                                "workers": args.workers}.items() if v is not None}
-    scores: dict[str, list[float]] = {title: [] for _, title, _ in ROWS}
-    seconds: dict[str, list[float]] = {title: [] for _, title, _ in ROWS}
+    rows = [row for row in ROWS if row[0] in args.rows]
+    scores: dict[str, list[float]] = {title: [] for _, title, _ in rows}
+    seconds: dict[str, list[float]] = {title: [] for _, title, _ in rows}
     try:
         for seed in args.seeds:
-            for slug, title, overrides in ROWS:
+            for slug, title, overrides in rows:
                 miou = run_row(slug, overrides, seed, args.out, extra, not args.quiet,
                                preset=args.preset, resume=args.resume, overwrite=args.overwrite)
                 scores[title].append(miou)

@@ -35,6 +35,20 @@ def _first(v):
 
 
 @triton.jit
+def _fold_edges(q00, q01, q10, q11, last_r, last_c):
+    """On the last row (column) i1 == i0: the "next" quadrant lands on the cell itself."""
+    q00 = tl.where(last_r, q00 + q10, q00)
+    q01 = tl.where(last_r, q01 + q11, q01)
+    q10 = tl.where(last_r, 0.0, q10)
+    q11 = tl.where(last_r, 0.0, q11)
+    q00 = tl.where(last_c, q00 + q01, q00)
+    q10 = tl.where(last_c, q10 + q11, q10)
+    q01 = tl.where(last_c, 0.0, q01)
+    q11 = tl.where(last_c, 0.0, q11)
+    return q00, q01, q10, q11
+
+
+@triton.jit
 def band_kernel(s_ptr, t_ptr, lab_ptr, q_ptr, part_ptr, quad, C, h, w, H, W,
                 scale_h, scale_w, inv_h, inv_w, threshold, n_tj,
                 HAS_LABELS: tl.constexpr, GRAD: tl.constexpr, CP: tl.constexpr,
@@ -161,26 +175,10 @@ def band_kernel(s_ptr, t_ptr, lab_ptr, q_ptr, part_ptr, quad, C, h, w, H, W,
     tl.store(base + 1, tl.sum(tl.sum(sum_fixed, axis=1), axis=0))
     tl.store(base + 2, tl.sum(tl.sum(count, axis=1), axis=0).to(tl.float32))
     if GRAD:
-        # On the last row (column) i1 == i0: the "next" quadrant lands on the cell itself.
-        last_r = i == h - 1
-        p00 = tl.where(last_r, p00 + p10, p00)
-        p01 = tl.where(last_r, p01 + p11, p01)
-        p10 = tl.where(last_r, 0.0, p10)
-        p11 = tl.where(last_r, 0.0, p11)
-        f00 = tl.where(last_r, f00 + f10, f00)
-        f01 = tl.where(last_r, f01 + f11, f01)
-        f10 = tl.where(last_r, 0.0, f10)
-        f11 = tl.where(last_r, 0.0, f11)
         cj2 = cj[None, :]
-        last_c = cj2 == w - 1
-        p00 = tl.where(last_c, p00 + p01, p00)
-        p10 = tl.where(last_c, p10 + p11, p10)
-        p01 = tl.where(last_c, 0.0, p01)
-        p11 = tl.where(last_c, 0.0, p11)
-        f00 = tl.where(last_c, f00 + f01, f00)
-        f10 = tl.where(last_c, f10 + f11, f10)
-        f01 = tl.where(last_c, 0.0, f01)
-        f11 = tl.where(last_c, 0.0, f11)
+        last_r, last_c = i == h - 1, cj2 == w - 1
+        p00, p01, p10, p11 = _fold_edges(p00, p01, p10, p11, last_r, last_c)
+        f00, f01, f10, f11 = _fold_edges(f00, f01, f10, f11, last_r, last_c)
         cls2 = tl.arange(0, CP)[:, None]
         ok = (cls2 < C) & (cj2 < w)
         hw = h * w

@@ -40,16 +40,7 @@ int run_loss(const T* student, const T* teacher, const int64_t* labels, double t
     job.weight = weight;
     job.loss = loss;
     job.grad = compute_grad ? grad : nullptr;
-    job.threshold = static_cast<T>(threshold);
-    job.scale_y = rtda::resize_scale<T>(h, H);
-    job.scale_x = rtda::resize_scale<T>(w, W);
-    job.scale = static_cast<T>(1.0 / (static_cast<double>(n) * H * W));
-    job.n = n;
-    job.classes = C;
-    job.h = h;
-    job.w = w;
-    job.out_h = H;
-    job.out_w = W;
+    pl::set_sizes(job, n, C, h, w, H, W, threshold);
     emu_driver::VectorAllocator alloc;
     pl::launch<T, T>(job, plan, emu_driver::EmulatedLauncher{}, alloc);
   });

@@ -349,6 +349,21 @@ def test_table1_runs_each_row_and_reads_finished_runs_back(toy, tmp_path, capsys
     assert capsys.readouterr().out.split("Table I")[1] == out.split("Table I")[1]
 
 
+def test_table1_rows_selects_the_rows(toy, tmp_path, capsys):
+    from rtda.train import table1
+
+    argv = ["--seeds", "0", "--rows", "target-only", "--out", str(tmp_path / "t"),
+            "--iterations", "1", "--source-root", str(toy.source), "--target-root",
+            str(toy.target), "--resolution", "128x64", "--workers", "0", "--quiet"]
+    assert table1.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| target only (oracle) |" in out and "| source only |" not in out
+    assert [p.name for p in (tmp_path / "t").glob("*-seed*")] == ["target-only-seed0"]
+    with pytest.raises(SystemExit):
+        table1.main(["--rows", "oracle"])
+    assert "invalid choice: 'oracle'" in capsys.readouterr().err
+
+
 def test_table1_seconds_per_iteration_is_the_median_interval(tmp_path):
     from rtda.train import table1
 
