@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="self-training: iterations before it starts (adversarial with --method both, "
              "else source only; default 0)")
     add("--fused", action=argparse.BooleanOptionalAction, default=None,
-        help="fused discriminator layers and adversarial losses (rtda_kernels)")
+        help="fused discriminator layers, adversarial losses and self-training loss (rtda_kernels)")
     add("--backbone", choices=BACKBONES, default=None)
     add("--pretrained", default=None, metavar="PATH",
         help="local torchvision ImageNet checkpoint of the backbone (never downloaded)")

@@ -22,7 +22,7 @@ from torch import nn
 from rtda.data.labels import IGNORE_INDEX
 from rtda.train.distributed import World, barrier, broadcast_buffers
 
-EMA_ALPHA, CONFIDENCE_THRESHOLD, RCS_TEMPERATURE = 0.99, 0.968, 0.01
+EMA_ALPHA, RCS_TEMPERATURE = 0.99, 0.01
 
 
 class EmaTeacher:

@@ -19,8 +19,8 @@ keep the source label and weight 1); the student's weighted cross-entropy on tha
 
 ``fused=True`` computes both adversarial losses and the self-training loss with ``rtda_kernels``
 (the maps upsampled on the fly); ``fused=False`` with ``rtda_kernels.reference``, plain PyTorch
-(``F.interpolate`` + ``F.binary_cross_entropy_with_logits``, ``F.cross_entropy``). The discriminator itself is fused
-or not as it was built. Source-only and target-only training run step 1 alone.
+(``F.interpolate``, then ``F.binary_cross_entropy_with_logits`` or ``F.cross_entropy``). The
+discriminator itself is fused or not as it was built. Source-only and target-only training run step 1 alone.
 """
 
 from __future__ import annotations
