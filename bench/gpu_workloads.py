@@ -60,15 +60,18 @@ class Sizes:
     train_backbones: tuple[str, ...]
     inference: tuple[tuple[int, int, int, int], ...]
     inference_backbones: tuple[str, ...]
+    # pseudo_label_loss: the segmenter's 1/8 logits and the size they are upsampled to
+    pseudo_label: tuple[tuple[int, int, int, int], tuple[int, int]]
 
 
 FULL = Sizes(kernel=(4, 19, 512, 1024), losses=LOSS_SHAPES, discriminator=(4, 19, 512, 1024),
              train=(2, 3, 512, 1024), train_backbones=("resnet18", "resnet101"),
              inference=((1, 3, 512, 1024), (1, 3, 1024, 2048)),
-             inference_backbones=("resnet18", "resnet101"))
+             inference_backbones=("resnet18", "resnet101"),
+             pseudo_label=((4, 19, 64, 128), (512, 1024)))
 QUICK = Sizes(kernel=(1, 19, 16, 32), losses=LOSS_SMOKE_SHAPES, discriminator=(1, 19, 32, 32),
               train=(2, 3, 32, 32), train_backbones=("resnet18",), inference=((1, 3, 64, 64),),
-              inference_backbones=("resnet18",))
+              inference_backbones=("resnet18",), pseudo_label=((1, 19, 4, 8), (32, 64)))
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16}
 # torch.compile's backend for the compile provider (``--compile-backend``; tests use aot_eager).
 compile_backend = "inductor"
@@ -332,7 +335,38 @@ def loss_variants(sizes: Sizes, providers: Sequence[str], device: str) -> list[V
             label = f"{name} fwd+bwd ({shape.label()})"
             variants.append(Variant(GROUPS["losses"], label, tuple(providers), build, reference,
                                     _tolerance(device), 10))
+    variants.append(_pseudo_label_variant(sizes, providers, device))
     return variants
+
+
+def _pseudo_label_variant(sizes: Sizes, providers: Sequence[str], device: str) -> Variant:
+    """pseudo_label_loss fwd+bwd: eager (its reference) upsamples both maps and takes the
+    softmax at full size, fused does neither; half of each image ClassMix labels."""
+    shape, size = sizes.pseudo_label
+    generator = torch.Generator().manual_seed(3)
+    student = (4 * torch.randn(shape, generator=generator)).to(device)
+    teacher = (4 * torch.randn(shape, generator=generator)).to(device)
+    labels = torch.randint(0, shape[1], (shape[0], *size), generator=generator)
+    labels[:, :, size[1] // 2:] = rtda_kernels.reference.PSEUDO_LABEL
+    labels = labels.to(device)
+
+    def eager(s: torch.Tensor) -> torch.Tensor:
+        return rtda_kernels.reference.pseudo_label_loss(s, teacher, labels, output_size=size)[0]
+
+    def fused(s: torch.Tensor) -> torch.Tensor:
+        return rtda_kernels.pseudo_label_loss(s, teacher, labels, output_size=size)[0]
+
+    def build(provider: str) -> Runnable:
+        fn = eager
+        if provider == "compile":
+            fn = compiled(eager)
+        elif provider in FUSED_BACKEND:
+            fn = _in_backend(provider, fused)
+        return _loss_runnable(fn, [student])
+
+    label = f"pseudo_label_loss fwd+bwd ({','.join(map(str, shape))}->{size[0]},{size[1]})"
+    return Variant(GROUPS["losses"], label, tuple(providers), build,
+                   lambda: _loss_runnable(eager, [student]).check(), _tolerance(device), 20)
 
 
 def _loss_runnable(fn: Callable[..., torch.Tensor], maps: list[torch.Tensor]) -> Runnable:

@@ -104,7 +104,7 @@ def test_quick_cpu_run_has_every_group_and_provider_checked_against_eager(tmp_pa
         assert providers[(title, "fwd (1,19,16,32)")] == every
         assert providers[(title, "fwd+bwd (1,19,16,32)")] == every
     losses = [case for (title, case) in providers if title == "losses"]
-    assert len(losses) == 4 and all(providers[("losses", c)] == every for c in losses)
+    assert len(losses) == 5 and all(providers[("losses", c)] == every for c in losses)
     disc = {case: p for (title, case), p in providers.items() if title == "discriminators"}
     assert disc["fcd fwd (1,19,32,32)"] == disc["fcd fwd+bwd (1,19,32,32)"] == {"eager"}
     assert disc["fcd_light fwd+bwd (1,19,32,32)"] == {"eager", "fused-cpu"}
@@ -143,7 +143,7 @@ def test_compile_provider_and_test_summary_lines(tmp_path, monkeypatch):
 def test_an_exhausted_budget_skips_cases_but_writes_the_page(tmp_path, monkeypatch):
     _, tables = _main(tmp_path, monkeypatch, "--groups", "op,losses", "--budget-s", "0")
     rows = [row for rows in tables.values() for row in rows]
-    assert len(rows) == 2 * 3 + 4 * 3
+    assert len(rows) == 2 * 3 + 5 * 3  # 2 dwsep cases, 5 losses (pseudo_label_loss too)
     assert all(row["check"].startswith("skipped: time budget") for row in rows)
     assert all(row["median ms"] == "—" for row in rows)
 
