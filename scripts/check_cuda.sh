@@ -49,12 +49,15 @@ if [[ ${#SOURCES[@]} -eq 0 ]]; then
   exit 0
 fi
 
+# nvcc compiles the architectures of one file in parallel on this many threads (all cores).
+THREADS="${NVCC_THREADS:-$(nproc)}"
+
 failed=0
 for src in "${SOURCES[@]}"; do
   obj="$OUT_DIR/$(basename "${src%.cu}").o"
   echo "check_cuda: nvcc $src [$ARCH_LIST] ..."
   start=$SECONDS
-  if nvcc -std=c++17 -c "$src" -o "$obj" "${GENCODE[@]}" \
+  if nvcc -std=c++17 -c "$src" -o "$obj" "${GENCODE[@]}" --threads "$THREADS" \
       -isystem csrc/cuda/compile_check \
       -isystem "$TORCH_DIR/include" \
       -isystem "$TORCH_DIR/include/torch/csrc/api/include" \
