@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from rtda_kernels.backends import TRITON_DTYPES
+from rtda_kernels.triton.adversarial_loss import _pow2_floor
 from rtda_kernels.triton.adversarial_math import cell_start, f32, manual_bf16, tap_src, to_out
 from rtda_kernels.triton.target import on_gpu
 
@@ -242,10 +243,6 @@ def grad_kernel(q_ptr, weight32_ptr, grad_ptr, numel, C, h, w, scale,
     weight = tl.load(weight32_ptr + image, mask=mask, other=0.0)
     g = (weight * sp + sf) * scale
     tl.store(grad_ptr + offs, to_out(g, grad_ptr.dtype.element_ty, MANUAL_BF16), mask=mask)
-
-
-def _pow2_floor(n: int) -> int:
-    return 1 << (max(int(n), 1).bit_length() - 1)
 
 
 def loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None,

@@ -208,15 +208,23 @@ def test_non_finite_values_as_the_reference(backend, where, value, size):
     student, teacher, given = make((2, 3, 4, 6, *size), torch.float32, device, seed=5)
     bad = student if where == "student" else teacher
     bad[1, 2, 1, 3] = value
-    loss, weight, grad = run(backend, student, teacher, given, size)
-    leaf = student.detach().requires_grad_()
-    ref_loss, ref_weight = reference.pseudo_label_loss(leaf, teacher, given, threshold=THRESHOLD,
+    check_like_the_reference(run(backend, student, teacher, given, size), student, teacher, given,
+                             size)
+
+
+def check_like_the_reference(outputs, student, teacher, given, size, what=""):
+    """(loss, weight, grad) with NaN and inf where ``reference.pseudo_label_loss`` and its
+    autograd put them, and the finite values close to its."""
+    leaf = student.detach().cpu().requires_grad_()
+    ref_loss, ref_weight = reference.pseudo_label_loss(leaf, teacher.cpu(), None if given is None
+                                                       else given.cpu(), threshold=THRESHOLD,
                                                        output_size=size)
     (ref_grad,) = torch.autograd.grad(ref_loss, leaf)
-    for name, ours, theirs in (("loss", loss, ref_loss), ("weight", weight, ref_weight),
-                               ("grad", grad, ref_grad)):
-        assert torch.equal(ours.isnan().cpu(), theirs.isnan().cpu()), name
-        assert torch.equal(ours.isinf().cpu(), theirs.isinf().cpu()), name
+    for name, ours, theirs in zip(("loss", "weight", "grad"), outputs,
+                                  (ref_loss, ref_weight, ref_grad)):
+        ours = ours.detach().cpu()
+        assert torch.equal(ours.isnan(), theirs.isnan()), (name, what)
+        assert torch.equal(ours.isinf(), theirs.isinf()), (name, what)
         finite = theirs.isfinite()
         torch.testing.assert_close(ours[finite], theirs[finite], rtol=1e-4, atol=1e-7)
 
